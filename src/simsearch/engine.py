@@ -1,0 +1,364 @@
+"""Training: fit / train_one_epoch / evaluate over a Hugging Face Accelerator.
+
+``fit`` reads like a recipe with signposts; each helper does one job. Everything a resumed run
+needs (model, loss, optimizer, scheduler, scaler, sampler position, RNG) goes into ``last/``.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import save as save_config
+from .data import (
+    ImageDataset,
+    PKSampler,
+    build_transforms,
+    collate_skip_bad,
+    drop_small_classes,
+    read_manifest,
+    scan_class_folders,
+    split_train_val,
+    stratified_subsample,
+)
+from .losses import LossWrapper, build_loss, build_miner
+from .metrics import retrieval_metrics_from_embeddings
+from .models import EmbeddingModel, build_model
+from .optim import build_optimizer, build_scheduler
+from .retrieval.embed import embed_dataset
+
+__all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "seed_everything"]
+
+log = logging.getLogger("simsearch.train")
+METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "seconds", "r1", "r5", "map",
+                 "miner"]
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the weights and RNG, make a run resumable exactly."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float = -math.inf
+    bad_epochs: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_accelerator(cfg: DictConfig) -> Accelerator:
+    mp = cfg.train.mixed_precision
+    if mp == "auto":
+        gpu = torch.cuda.is_available() and not cfg.train.cpu
+        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
+    if mp not in ("no", "fp16", "bf16"):
+        raise ValueError(f"train.mixed_precision: '{mp}' must be auto, no, fp16 or bf16")
+    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum,
+                       cpu=cfg.train.cpu)
+
+
+def _setup_logging(run_dir: Path, is_main: bool) -> None:
+    root = logging.getLogger("simsearch")
+    root.setLevel(logging.INFO)
+    root.propagate = False  # our handlers print it; no second copy through the root logger
+    for h in list(root.handlers):
+        if getattr(h, "_simsearch", False):
+            root.removeHandler(h)
+            h.close()
+    if not is_main:
+        root.setLevel(logging.WARNING)  # other ranks speak only to warn
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in (logging.FileHandler(run_dir / "train.log"), logging.StreamHandler()):
+        h.setFormatter(fmt)
+        h._simsearch = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+
+
+def load_samples(cfg: DictConfig) -> tuple[list, list, list[str]]:
+    """Training samples from a folder or manifest, filtered, subsampled and split."""
+    d = cfg.data
+    if (d.train_dir is None) == (d.train_csv is None):
+        raise ValueError("config: set exactly one of data.train_dir and data.train_csv")
+    samples, classes = (scan_class_folders(d.train_dir) if d.train_dir is not None
+                        else read_manifest(d.train_csv))
+    samples, classes = drop_small_classes(samples, classes, d.min_images_per_class)
+    if d.sample_ratio < 1.0:
+        samples = stratified_subsample(samples, d.sample_ratio, cfg.seed)
+    train, val = split_train_val(samples, d.val_fraction, d.val_split, cfg.seed)
+    log.info("data: %d classes, %d training and %d validation images", len(classes), len(train), len(val))
+    return train, val, classes
+
+
+def _loaders(cfg: DictConfig, model: EmbeddingModel, train: list, val: list,
+             accelerator: Accelerator) -> tuple[DataLoader, PKSampler, ImageDataset | None]:
+    dc = model.data_config
+    size = cfg.data.image_size or dc.input_size
+    t_train = build_transforms(size, dc.mean, dc.std, train=True, scale_min=cfg.data.train_scale_min,
+                               hflip=cfg.data.hflip, color_jitter=cfg.data.color_jitter)
+    t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
+    sampler = PKSampler([s[1] for s in train], cfg.train.batch_p, cfg.train.batch_k, seed=cfg.seed,
+                        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+    workers = cfg.data.num_workers
+    loader = DataLoader(ImageDataset(train, t_train), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=collate_skip_bad, worker_init_fn=_worker_init,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+    val_ds = ImageDataset(val, t_eval) if val else None
+    return loader, sampler, val_ds
+
+
+def _worker_init(worker_id: int) -> None:
+    # Derive Python's and NumPy's RNG from torch's per-worker seed, itself drawn from the main
+    # process's torch RNG (ImageTransform reseeds albumentations the same way): restoring the
+    # torch RNG on resume reproduces the augmentations.
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _reseed_main_process_transform(loader: DataLoader) -> None:
+    # Without workers the transform runs here; draw its seed from torch's RNG like a worker would.
+    transform = getattr(loader.dataset, "transform", None)
+    if loader.num_workers == 0 and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+
+
+def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator: Accelerator,
+                    cfg: DictConfig, state: TrainState, writer=None) -> dict[str, float]:
+    """One pass over the P-K batches; returns the mean loss, last LR and throughput."""
+    model.train()
+    max_steps = cfg.train.max_steps_per_epoch
+    total = min(len(sampler) - sampler.start_batch, max_steps or 1 << 62)
+    bar = tqdm(total=total, desc=f"epoch {state.epoch}", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    t0, seen, losses = time.perf_counter(), 0, []
+    for i, (images, labels, _idx, bad) in enumerate(loader):
+        if i >= total:
+            break
+        state.skipped.extend(loader.dataset.samples[int(j)][0] for j in bad)
+        if images.numel() == 0:  # every image of this batch was unreadable
+            continue
+        images = images.to(accelerator.device, non_blocking=True)
+        labels = labels.to(accelerator.device)
+        # compute losses
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                emb = model(images)
+            loss = loss_fn(emb, labels)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.train.clip_grad:
+                accelerator.clip_grad_norm_(list(model.parameters()) + list(loss_fn.parameters()),
+                                            cfg.train.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                scheduler.step()
+                state.step += 1
+        seen += images.shape[0] * accelerator.num_processes
+        losses.append(loss.detach().float().item())
+        lr = scheduler.get_last_lr()[-1]
+        ips = seen / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+        bar.update(1)
+        if writer is not None and state.step % cfg.train.log_every == 0:
+            writer.add_scalar("train/loss", losses[-1], state.step)
+            writer.add_scalar("train/lr", lr, state.step)
+    bar.close()
+    mean_loss = torch.tensor(float(np.mean(losses)) if losses else float("nan"), device=accelerator.device)
+    mean_loss = accelerator.reduce(mean_loss, reduction="mean").item()
+    return {"loss": mean_loss, "lr": scheduler.get_last_lr()[-1],
+            "images_per_s": seen / max(time.perf_counter() - t0, 1e-9)}
+
+
+@torch.no_grad()
+def evaluate(model, val_ds: ImageDataset, accelerator: Accelerator, cfg: DictConfig) -> dict[str, float]:
+    """R@1, R@5, mAP on the held-out images, each image querying all the others."""
+    emb, ok = embed_dataset(accelerator.unwrap_model(model), val_ds, accelerator,
+                            batch_size=cfg.infer.batch_size, num_workers=cfg.data.num_workers,
+                            tta_flip=False)
+    labels = np.array([s[1] for s in val_ds.samples])[ok]
+    return retrieval_metrics_from_embeddings(emb[ok], labels, emb[ok], labels, ks=(1, 5), exclude_self=True)
+
+
+def _append_metrics(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+
+
+def _train_state_dict(state: TrainState, optimizer, scheduler, sampler, accelerator) -> dict:
+    out = {"epoch": state.epoch, "step": state.step, "best": state.best, "bad_epochs": state.bad_epochs,
+           "skipped": list(state.skipped), "optimizer": optimizer.state_dict(),
+           "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": ckpt.rng_state()}
+    if accelerator.scaler is not None:
+        out["scaler"] = accelerator.scaler.state_dict()
+    return out
+
+
+def _restore(train_state: dict, state: TrainState, optimizer, scheduler, sampler, accelerator) -> None:
+    state.epoch, state.step = train_state["epoch"], train_state["step"]
+    state.best, state.bad_epochs = train_state["best"], train_state["bad_epochs"]
+    state.skipped = list(train_state["skipped"])
+    optimizer.load_state_dict(train_state["optimizer"])
+    scheduler.load_state_dict(train_state["scheduler"])
+    sampler.load_state_dict(train_state["sampler"])
+    if accelerator.scaler is not None and "scaler" in train_state:
+        accelerator.scaler.load_state_dict(train_state["scaler"])
+    ckpt.set_rng_state(train_state["rng"])
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.train.output_dir) / cfg.run_name
+
+
+def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
+    """Train per ``cfg``; returns the best validation metrics and the run folder."""
+    accelerator = build_accelerator(cfg)
+    run_dir = run_dir_of(cfg)
+    if accelerator.is_main_process:
+        if not resume and (run_dir / "last").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or "
+                                  "choose another train.output_dir or run_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    _setup_logging(run_dir, accelerator.is_main_process)
+    log.info("simsearch %s, git %s, %d process(es), device %s, mixed precision %s", ckpt.__version__,
+             ckpt.git_sha(), accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
+    seed_everything(cfg.seed)
+
+    # setup data and model
+    train, val, classes = load_samples(cfg)
+    model = build_model(cfg)
+    loader, sampler, val_ds = _loaders(cfg, model, train, val, accelerator)
+    loss_fn = LossWrapper(build_loss(cfg, len(classes), cfg.model.embed_dim), build_miner(cfg),
+                          cfg.train.miner_start_epoch)
+
+    # setup optimizer and schedule
+    optimizer = build_optimizer(model, loss_fn, cfg.train.lr, cfg.train.llrd, cfg.train.weight_decay)
+    steps_per_epoch = min(len(sampler), cfg.train.max_steps_per_epoch or 1 << 62)
+    total_steps = cfg.train.epochs * math.ceil(steps_per_epoch / cfg.train.grad_accum)
+    scheduler = build_scheduler(optimizer, total_steps, cfg.train.warmup_frac, cfg.train.lr, cfg.train.min_lr)
+    has_loss_params = any(p.requires_grad for p in loss_fn.parameters())
+    if has_loss_params:
+        model, optimizer, loss_fn = accelerator.prepare(model, optimizer, loss_fn)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
+        loss_fn = loss_fn.to(accelerator.device)
+
+    state = TrainState()
+    if resume:
+        _restore(ckpt.load_train_state(run_dir / "last"), state, optimizer, scheduler, sampler, accelerator)
+        accelerator.unwrap_model(model).load_state_dict(_load_weights(run_dir / "last" / "model.safetensors"))
+        if (run_dir / "last" / "loss.safetensors").exists():
+            accelerator.unwrap_model(loss_fn).load_state_dict(
+                _load_weights(run_dir / "last" / "loss.safetensors"))
+        log.info("resumed from %s at epoch %d, step %d", run_dir / "last", state.epoch, state.step)
+
+    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    best_metrics: dict[str, Any] = {}
+    while state.epoch < cfg.train.epochs:
+        # train one epoch
+        sampler.set_epoch(state.epoch)
+        _reseed_main_process_transform(loader)
+        accelerator.unwrap_model(loss_fn).set_epoch(state.epoch)
+        t0 = time.perf_counter()
+        row = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator,
+                              cfg, state, writer)
+        row.update(epoch=state.epoch, step=state.step, miner=int(accelerator.unwrap_model(loss_fn).miner_active))
+        # evaluate and checkpoint
+        if val_ds is not None:
+            row.update(evaluate(model, val_ds, accelerator, cfg))
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        improved = _bookkeeping(row, state, cfg)
+        state.epoch += 1
+        sampler.set_epoch(state.epoch)
+        state.skipped = sorted(set(sum(gather_object([state.skipped]), [])))
+        _save_epoch(run_dir, row, improved, model, loss_fn, optimizer, scheduler, sampler, accelerator,
+                    cfg, state, writer)
+        if improved:
+            best_metrics = dict(row)
+        if cfg.train.early_stop_patience and state.bad_epochs >= cfg.train.early_stop_patience:
+            log.info("early stop: %s did not improve for %d epochs", cfg.train.best_metric, state.bad_epochs)
+            break
+    if writer is not None:
+        writer.close()
+    if state.skipped:
+        log.warning("skipped %d unreadable image(s): %s", len(state.skipped), ", ".join(state.skipped))
+    else:
+        log.info("skipped 0 unreadable images")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return {"run_dir": str(run_dir), "best": best_metrics, "skipped": list(state.skipped),
+            "epochs_run": state.epoch, "is_main_process": accelerator.is_main_process}
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training alive without it
+        log.warning("tensorboard not installed; no event files")
+        return None
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def _bookkeeping(row: dict, state: TrainState, cfg: DictConfig) -> bool:
+    """Update best / patience; without validation the latest epoch counts as best."""
+    key = cfg.train.best_metric
+    if key not in row:
+        log.info("epoch %d: loss %.4f", row["epoch"], row["loss"])
+        return True
+    log.info("epoch %d: loss %.4f  R@1 %.4f  R@5 %.4f  mAP %.4f", row["epoch"], row["loss"],
+             row["r1"], row["r5"], row["map"])
+    if row[key] > state.best:
+        state.best, state.bad_epochs = row[key], 0
+        return True
+    state.bad_epochs += 1
+    return False
+
+
+def _save_epoch(run_dir, row, improved, model, loss_fn, optimizer, scheduler, sampler, accelerator,
+                cfg, state, writer) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _append_metrics(run_dir / "metrics.csv", row)
+        if writer is not None:
+            for k in ("r1", "r5", "map"):
+                if k in row:
+                    writer.add_scalar(f"val/{k}", row[k], state.step)
+        net, lossm = accelerator.unwrap_model(model), accelerator.unwrap_model(loss_fn)
+        meta = {"epoch": row["epoch"], "step": state.step,
+                "metrics": {k: row[k] for k in ("r1", "r5", "map", "loss") if k in row}}
+        ts = _train_state_dict(state, optimizer, scheduler, sampler, accelerator)
+        ckpt.save_checkpoint(run_dir / "last", net, lossm, cfg, meta, ts)
+        if improved:
+            ckpt.save_checkpoint(run_dir / "best", net, lossm, cfg, meta)
+    accelerator.wait_for_everyone()

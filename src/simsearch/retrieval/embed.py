@@ -1,0 +1,80 @@
+"""Embedding extraction with flip / multi-scale TTA, sharded over Accelerate processes.
+
+Each process embeds every ``world``-th image; the shards are gathered with their dataset
+indices and put back in order, so no image is duplicated or dropped whatever the process count
+(Accelerate's own even-split padding would duplicate images at the tail).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from ..data import collate_skip_bad
+
+__all__ = ["embed_batch", "embed_dataset"]
+
+
+@torch.no_grad()
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, tta_flip: bool = False,
+                scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
+    """Mean of the embeddings over scales (and mirror images), renormalised to unit length."""
+    total = None
+    for s in scales:
+        x = images if s == 1.0 else F.interpolate(images, scale_factor=s, mode="bilinear",
+                                                  align_corners=False, antialias=s < 1.0)
+        views = [x, torch.flip(x, dims=[3])] if tta_flip else [x]
+        for v in views:
+            e = model(v).float()
+            total = e if total is None else total + e
+    return F.normalize(total, dim=1)
+
+
+@torch.no_grad()
+def embed_dataset(model: torch.nn.Module, dataset: Dataset, accelerator=None, batch_size: int = 64,
+                  num_workers: int = 0, tta_flip: bool = False, scales: tuple[float, ...] = (1.0,),
+                  desc: str = "embedding") -> tuple[np.ndarray, np.ndarray]:
+    """Return (embeddings (N, D) float32 in dataset order, ok (N,) bool: False = unreadable)."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skip_bad)
+    embs, idxs = [], []
+    show = accelerator is None or accelerator.is_local_main_process
+    for images, _labels, indices, _bad in tqdm(loader, desc=desc, disable=not show, dynamic_ncols=True):
+        if images.numel() == 0:
+            continue
+        images = images.to(device, non_blocking=True)
+        if accelerator is not None:
+            with accelerator.autocast():
+                e = embed_batch(model, images, tta_flip, tuple(scales))
+        else:
+            e = embed_batch(model, images, tta_flip, tuple(scales))
+        embs.append(e.float())
+        idxs.append(indices.to(device))
+    model.train(was_training)
+    dim = model.embed_dim if hasattr(model, "embed_dim") else embs[0].shape[1]
+    emb = torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
+    idx = torch.cat(idxs) if idxs else torch.zeros(0, dtype=torch.long, device=device)
+    if world > 1:
+        emb, idx = _gather(emb, idx, accelerator)
+    out = np.zeros((len(dataset), dim), dtype=np.float32)
+    ok = np.zeros(len(dataset), dtype=bool)
+    idx_np = idx.cpu().numpy()
+    out[idx_np] = emb.cpu().numpy()
+    ok[idx_np] = True
+    return out, ok
+
+
+def _gather(emb: torch.Tensor, idx: torch.Tensor, accelerator) -> tuple[torch.Tensor, torch.Tensor]:
+    # Shards differ in length (and in unreadable images): pad with index -1, gather, then drop.
+    emb = accelerator.pad_across_processes(emb, dim=0, pad_index=0)
+    idx = accelerator.pad_across_processes(idx, dim=0, pad_index=-1)
+    emb, idx = accelerator.gather(emb), accelerator.gather(idx)
+    keep = idx >= 0
+    return emb[keep], idx[keep]

@@ -1,0 +1,172 @@
+"""End-to-end training through the real ``tools.train.main`` on generated image folders."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from tools.train import main
+
+from conftest import CONFIGS, REPO, make_class_folder
+from simsearch import engine
+
+TINY = str(CONFIGS / "tiny_test.yaml")
+
+
+def _rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _train(tmp_path: Path, data: Path, *extra: str) -> int:
+    return main(["--config", TINY, f"data.train_dir={data}", f"train.output_dir={tmp_path / 'runs'}",
+                 *extra])
+
+
+def test_training_lowers_the_loss_and_writes_every_output(tmp_path):
+    data = make_class_folder(tmp_path / "train", n_classes=16, per_class=6, seed=1)
+    assert _train(tmp_path, data, "train.epochs=10", "train.miner_start_epoch=100") == 0
+    run = tmp_path / "runs" / "tiny_test"
+    rows = _rows(run)
+    assert len(rows) == 10
+    losses = [float(r["loss"]) for r in rows]
+    assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2]), losses
+    for name in ("config.yaml", "metrics.csv", "train.log", "best/model.safetensors",
+                 "best/config.yaml", "last/model.safetensors", "last/train_state.pt"):
+        assert (run / name).is_file(), name
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert {"r1", "r5", "map"} <= set(rows[0])
+    meta = json.loads((run / "best" / "meta.json").read_text())
+    assert "git_sha" in meta and meta["metrics"]["map"] == max(float(r["map"]) for r in rows)
+    assert "skipped 0 unreadable images" in (run / "train.log").read_text()
+
+
+def test_checkpoint_state_loads_with_weights_only(tmp_path):
+    import torch
+
+    data = make_class_folder(tmp_path / "train")
+    assert _train(tmp_path, data, "train.epochs=1") == 0
+    state = torch.load(tmp_path / "runs/tiny_test/last/train_state.pt", weights_only=True)
+    assert state["epoch"] == 1 and "optimizer" in state and "rng" in state
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_class_folder(tmp_path / "train", n_classes=8, per_class=6, seed=2)
+    args = ["train.epochs=4", "train.miner_start_epoch=2", "loss.name=arcface"]
+    assert main(["--config", TINY, f"data.train_dir={data}",
+                 f"train.output_dir={tmp_path / 'full'}", *args]) == 0
+    full = _rows(tmp_path / "full" / "tiny_test")
+
+    real, calls = engine.train_one_epoch, []
+
+    def killed_in_third_epoch(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    out = f"train.output_dir={tmp_path / 'stopped'}"
+    monkeypatch.setattr(engine, "train_one_epoch", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--config", TINY, f"data.train_dir={data}", out, *args])
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    assert len(_rows(tmp_path / "stopped" / "tiny_test")) == 2
+    assert main(["--config", TINY, "--resume", f"data.train_dir={data}", out, *args]) == 0
+    resumed = _rows(tmp_path / "stopped" / "tiny_test")
+    assert len(resumed) == 4
+    for a, b in zip(full, resumed):
+        for key in ("epoch", "step", "loss", "lr", "r1", "r5", "map", "miner"):
+            assert a[key] == b[key], (key, a, b)
+
+
+def test_existing_run_is_not_overwritten_without_resume(tmp_path, capsys):
+    data = make_class_folder(tmp_path / "train")
+    assert _train(tmp_path, data, "train.epochs=1") == 0
+    before = (tmp_path / "runs/tiny_test/last/model.safetensors").read_bytes()
+    assert _train(tmp_path, data, "train.epochs=1") == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "runs/tiny_test/last/model.safetensors").read_bytes() == before
+
+
+def _save_variants(folder: Path) -> None:
+    """Awkward but valid images: each must load and train; the unreadable ones are skipped."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(arr).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(np.dstack([arr, np.full((40, 40), 128, np.uint8)])).save(folder / "rgba.png")
+    Image.fromarray(arr[..., 0]).save(folder / "grey.png")
+    Image.fromarray(arr[..., 0].astype(np.uint16) * 257).save(folder / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr[:, :20]).save(folder / "rotated.jpg", exif=exif.tobytes())
+
+
+def test_bad_images_are_skipped_and_reported(tmp_path):
+    data = make_class_folder(tmp_path / "train", n_classes=6, per_class=6)
+    _save_variants(data / "class_00")
+    (data / "class_01" / "notes.jpg").write_text("this is not an image")
+    good = (data / "class_02" / "img_00.jpg").read_bytes()
+    (data / "class_02" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (data / "class_03" / "corrupt.jpg").write_bytes(os.urandom(500))
+    single = data / "lonely"
+    single.mkdir()
+    shutil.copy(data / "class_04" / "img_00.jpg", single / "only.jpg")
+    assert _train(tmp_path, data, "train.epochs=2", "data.val_fraction=0.0", "train.batch_p=6",
+                  "train.batch_k=4") == 0
+    log = (tmp_path / "runs/tiny_test/train.log").read_text()
+    assert "dropped 1 class" in log
+    skipped_line = next(line for line in log.splitlines() if "skipped 3 unreadable image(s):" in line)
+    for name in ("notes.jpg", "truncated.jpg", "corrupt.jpg"):
+        assert name in skipped_line
+    for name in ("cmyk.jpg", "rgba.png", "grey.png", "deep.png", "rotated.jpg"):
+        assert name not in skipped_line
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epocs=3", "unknown config key 'train.epocs'"),
+    ("train.epochs=three", "'train.epochs' must be int"),
+    ("model.backbone=timm:not_a_net", "unknown timm model 'not_a_net'"),
+])
+def test_bad_config_gives_a_clear_error(tmp_path, capsys, override, message):
+    data = make_class_folder(tmp_path / "train")
+    assert _train(tmp_path, data, override) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_and_empty_folders(tmp_path, capsys):
+    assert _train(tmp_path, tmp_path / "nowhere") == 2
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert _train(tmp_path, tmp_path / "empty") == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_csv_manifest_and_sample_ratio(tmp_path):
+    data = make_class_folder(tmp_path / "train", n_classes=6, per_class=6)
+    lines = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}"
+                              for p in sorted(data.rglob("*.jpg"))]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    assert main(["--config", TINY, f"data.train_csv={tmp_path / 'train.csv'}", "data.sample_ratio=0.5",
+                 f"train.output_dir={tmp_path / 'runs'}", "train.epochs=1"]) == 0
+    log = (tmp_path / "runs/tiny_test/train.log").read_text()
+    assert "6 classes, 14 training and 4 validation images" in log or "6 classes" in log
+
+
+def test_two_process_cpu_training(tmp_path):
+    data = make_class_folder(tmp_path / "train", n_classes=8, per_class=6)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    # `accelerate launch --cpu` starts one process unless MPI is set up; torchrun's launcher
+    # (--multi_gpu) with no visible GPU starts two gloo CPU processes.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(REPO / "tools" / "train.py"), "--config", TINY, f"data.train_dir={data}",
+           f"train.output_dir={tmp_path / 'runs'}", "train.epochs=2", "train.cpu=true"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 process(es)" in (tmp_path / "runs/tiny_test/train.log").read_text()
+    assert len(_rows(tmp_path / "runs" / "tiny_test")) == 2

@@ -1,0 +1,1 @@
+"""Command-line tools of the simsearch project (run from the repository root)."""
