@@ -196,6 +196,9 @@ def evaluate(model, val_ds: ImageDataset, accelerator: Accelerator, cfg: DictCon
                             batch_size=cfg.infer.batch_size, num_workers=cfg.data.num_workers,
                             tta_flip=False)
     labels = np.array([s[1] for s in val_ds.samples])[ok]
+    if len(labels) == len(np.unique(labels)):
+        log.warning("validation skipped: no held-out image has another of its class to find")
+        return {}
     return retrieval_metrics_from_embeddings(emb[ok], labels, emb[ok], labels, ks=(1, 5), exclude_self=True)
 
 
@@ -279,6 +282,12 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
 
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     best_metrics: dict[str, Any] = {}
+    if cfg.train.eval_at_start and not resume and val_ds is not None:
+        # the untrained baseline: same data, same metric, epoch -1
+        row = {"epoch": -1, "step": 0, **evaluate(model, val_ds, accelerator, cfg)}
+        log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
+        if accelerator.is_main_process:
+            _append_metrics(run_dir / "metrics.csv", row)
     while state.epoch < cfg.train.epochs:
         # train one epoch
         sampler.set_epoch(state.epoch)

@@ -1,0 +1,150 @@
+"""Inference: embed query and gallery folders, retrieve, write a submission and its meta.
+
+Used by ``tools/infer.py``; imports no training code (the engine), as open_clip keeps its
+library apart from its training app.
+"""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from . import __version__
+from .checkpoint import checkpoint_hash, git_sha, load_model
+from .data import FlatImageDataset, build_transforms, scan_class_folders
+from .leakage import find_leaks
+from .retrieval.cache import cache_key, load_cached, save_cached
+from .retrieval.embed import embed_dataset
+from .retrieval.pipeline import RetrievalOptions, retrieve
+from .submission import write_json_atomic, write_submission
+
+__all__ = ["EmbeddedFolder", "embed_folder", "check_leakage", "rankings_from_ids", "run_inference"]
+
+log = logging.getLogger("simsearch.infer")
+
+
+class EmbeddedFolder:
+    """Names (relative to the folder), embeddings and the readable-image mask of one folder."""
+
+    def __init__(self, folder: Path, names: list[str], emb: np.ndarray, ok: np.ndarray, seconds: float):
+        self.folder, self.names, self.emb, self.ok, self.seconds = folder, names, emb, ok, seconds
+
+
+def embed_folder(model, folder: str | Path, cfg: DictConfig, accelerator=None, tta_flip: bool = False,
+                 scales: tuple[float, ...] = (1.0,), cache: tuple[str, str] | None = None,
+                 desc: str = "embedding") -> EmbeddedFolder:
+    """Embed every image of a flat folder; ``cache`` = (cache_dir, checkpoint sha) reuses results."""
+    dc = model.data_config
+    size = cfg.data.image_size or dc.input_size
+    transform = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
+    ds = FlatImageDataset(folder, transform)
+    t0 = time.perf_counter()
+    key = None
+    if cache is not None:
+        settings = {"size": size, "tta_flip": tta_flip, "scales": list(scales),
+                    "resize_ratio": cfg.data.eval_resize_ratio}
+        key = cache_key(cache[1], ds.paths, settings)
+        hit = load_cached(cache[0], key, ds.names)
+        if hit is not None:
+            return EmbeddedFolder(Path(folder), ds.names, hit[0], hit[1], time.perf_counter() - t0)
+    emb, ok = embed_dataset(model, ds, accelerator, batch_size=cfg.infer.batch_size,
+                            num_workers=cfg.data.num_workers, tta_flip=tta_flip, scales=scales, desc=desc)
+    if key is not None and (accelerator is None or accelerator.is_main_process):
+        save_cached(cache[0], key, ds.names, emb, ok)
+    for name in np.asarray(ds.names)[~ok]:
+        log.warning("unreadable image %s in %s: it gets a zero embedding", name, folder)
+    return EmbeddedFolder(Path(folder), ds.names, emb, ok, time.perf_counter() - t0)
+
+
+def check_leakage(query: EmbeddedFolder, gallery: EmbeddedFolder, train_dir: str | None,
+                  strict: bool) -> list[str]:
+    """Warn about (or, with ``strict``, refuse) queries duplicated in the gallery or training data."""
+    others: dict[str, list[Path]] = {"gallery": [gallery.folder / n for n in gallery.names]}
+    if train_dir and Path(train_dir).is_dir():
+        others["training"] = [Path(p) for p, _ in scan_class_folders(train_dir)[0]]
+    leaks = find_leaks([query.folder / n for n in query.names], others)
+    for message in leaks:
+        log.warning("leakage: %s", message)
+    if leaks and strict:
+        raise ValueError(f"--strict: {len(leaks)} query file(s) leak into the gallery or training "
+                         f"data, first: {leaks[0]}")
+    return leaks
+
+
+def rankings_from_ids(query: EmbeddedFolder, gallery: EmbeddedFolder, ids: np.ndarray) -> dict[str, list[str]]:
+    """Map index rows back to file names; unreadable gallery images never appear."""
+    kept = np.flatnonzero(gallery.ok)
+    names = np.asarray(gallery.names)[kept]
+    return {q: [str(n) for n in names[row[row >= 0]]] for q, row in zip(query.names, ids)}
+
+
+def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
+                  out: str | Path, force: bool = False, strict: bool = False, train_dir: str | None = None,
+                  accelerator=None) -> dict[str, Any]:
+    """The whole ``tools/infer.py`` job; returns the meta that is written beside the submission."""
+    timings: dict[str, float] = {}
+    out = Path(out)
+    for path in (out, meta_path(out)):
+        if path.exists() and not force:
+            raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    t = time.perf_counter()
+    model, _ = load_model(checkpoint)
+    model.to(accelerator.device if accelerator is not None else "cpu")
+    sha = checkpoint_hash(checkpoint)
+    timings["load_s"] = time.perf_counter() - t
+    scales = tuple(cfg.infer.tta_scales)
+    cache = (cfg.infer.cache_dir, sha) if cfg.infer.cache_dir else None
+    gallery = embed_folder(model, gallery_dir, cfg, accelerator, cfg.infer.tta_flip, scales, cache, "gallery")
+    query = embed_folder(model, query_dir, cfg, accelerator, cfg.infer.tta_flip, scales, None, "queries")
+    timings["embed_gallery_s"], timings["embed_queries_s"] = gallery.seconds, query.seconds
+    if accelerator is not None and not accelerator.is_main_process:
+        return {}
+    leaks = check_leakage(query, gallery, train_dir if train_dir is not None else cfg.data.train_dir, strict)
+    opts = RetrievalOptions.from_config(cfg.infer)
+    ids, _scores = retrieve(query.emb, gallery.emb[gallery.ok], opts, timings)
+    rankings = rankings_from_ids(query, gallery, ids)
+    write_submission(out, rankings, fmt=cfg.infer.format, force=force)
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha, "git_sha": git_sha(), "simsearch_version": __version__,
+            "python": platform.python_version(), "retrieval": asdict(opts),
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+            "sizes": {"queries": len(query.names), "gallery": len(gallery.names),
+                      "unreadable_queries": int((~query.ok).sum()),
+                      "unreadable_gallery": int((~gallery.ok).sum()), "dim": int(query.emb.shape[1]),
+                      "top_k": int(ids.shape[1])},
+            "leaks": leaks}
+    write_json_atomic(meta_path(out), meta, force=True)
+    log.info("wrote %s (%d queries) and %s", out, len(rankings), meta_path(out))
+    return meta
+
+
+def meta_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.stem + ".meta.json")
+
+
+def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
+                 ground_truth: str | Path, out_md: str | Path | None = None, force: bool = False) -> str:
+    """Extract plain and flip-TTA embeddings once each, then score every retrieval variant."""
+    from .ablation import ablation_markdown, ablation_rows
+    from .submission import read_ground_truth, write_bytes_atomic
+
+    gt = read_ground_truth(ground_truth)
+    model, _ = load_model(checkpoint)
+    scales = tuple(cfg.infer.tta_scales)
+    # No cache here: the table's times must include real extraction.
+    plain = {"query": embed_folder(model, query_dir, cfg, None, False, (1.0,), None, "queries"),
+             "gallery": embed_folder(model, gallery_dir, cfg, None, False, (1.0,), None, "gallery")}
+    tta = {"query": embed_folder(model, query_dir, cfg, None, True, scales, None, "queries+TTA"),
+           "gallery": embed_folder(model, gallery_dir, cfg, None, True, scales, None, "gallery+TTA")}
+    rows = ablation_rows(plain, tta, gt, RetrievalOptions.from_config(cfg.infer))
+    table = ablation_markdown(rows, f"{cfg.run_name}: {Path(checkpoint)} on {Path(query_dir).parent}")
+    if out_md:
+        write_bytes_atomic(out_md, table.encode(), force=force)
+    return table

@@ -1,0 +1,1 @@
+"""Retrieval: FAISS indexes, query expansion and k-reciprocal re-ranking."""

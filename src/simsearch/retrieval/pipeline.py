@@ -1,0 +1,96 @@
+"""``retrieve()``: DBA -> query expansion -> FAISS search -> k-reciprocal re-ranking.
+
+Pure function over embeddings; each stage is switched on by the ``infer`` config section, as in
+fast-reid, and each lives in its own module with its paper cited.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from .index import build_index, search
+from .query_expansion import alpha_query_expansion, average_query_expansion, database_augmentation
+from .rerank import k_reciprocal_rerank
+
+__all__ = ["RetrievalOptions", "retrieve"]
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    index: str = "Flat"
+    ef_search: int = 128
+    nprobe: int = 16
+    top_k: int = 100
+    qe: str = "none"
+    qe_k: int = 2
+    qe_alpha: float = 3.0
+    dba_k: int = 0
+    rerank: bool = True
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    rerank_candidates: int = 100
+
+    @classmethod
+    def from_config(cls, infer_cfg, **changes) -> "RetrievalOptions":
+        """Take the matching keys of the config's ``infer`` section, then ``changes``."""
+        values = {f.name: infer_cfg[f.name] for f in fields(cls) if f.name in infer_cfg}
+        values.update(changes)
+        if values.get("qe", "none") not in ("none", "avg", "alpha"):
+            raise ValueError(f"infer.qe: '{values['qe']}' must be none, avg or alpha")
+        return cls(**values)
+
+
+def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions,
+             timings: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Rank the gallery for every query: (ids (Nq, K) best first, scores (Nq, K), higher better).
+
+    K = top_k, or the whole gallery when top_k is 0. Re-ranking reorders each query's first
+    ``rerank_candidates`` (at least K when K is smaller); the rest follow in index order.
+    Scores are cosine similarities, or 1 - re-ranked distance for re-ranked positions (the
+    positions after them get cosine - 2, so scores always decrease along a row).
+    """
+    timings = {} if timings is None else timings
+    ng = len(g)
+    k = ng if opts.top_k in (0, None) else min(opts.top_k, ng)
+    t = time.perf_counter()
+    if opts.dba_k:
+        g = database_augmentation(g, opts.dba_k, opts.qe_alpha)
+    if opts.qe == "avg":
+        q = average_query_expansion(q, g, opts.qe_k)
+    elif opts.qe == "alpha":
+        q = alpha_query_expansion(q, g, opts.qe_k, opts.qe_alpha)
+    timings["query_expansion_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    index = build_index(g, opts.index, ef_search=opts.ef_search, nprobe=opts.nprobe)
+    scores, ids = search(index, q, k)
+    timings["search_s"] = time.perf_counter() - t
+    if not opts.rerank:
+        return ids, scores
+
+    t = time.perf_counter()
+    c = min(max(opts.rerank_candidates, 1), ng)
+    rr_ids, rr_dist = k_reciprocal_rerank(q, g, opts.k1, opts.k2, opts.lambda_value, num_candidates=c,
+                                          index_factory="Flat")
+    timings["rerank_s"] = time.perf_counter() - t
+    return _splice(rr_ids, 1.0 - rr_dist, ids, scores, k)
+
+
+def _splice(rr_ids: np.ndarray, rr_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-ranked head first, then the index's order for the positions beyond the candidates."""
+    nq, c = rr_ids.shape
+    if c >= k:
+        return rr_ids[:, :k], rr_scores[:, :k].astype(np.float32)
+    out_ids = np.empty((nq, k), dtype=np.int64)
+    out_scores = np.empty((nq, k), dtype=np.float32)
+    for i in range(nq):
+        head = set(rr_ids[i].tolist())
+        tail = [j for j in range(ids.shape[1]) if ids[i, j] not in head][: k - c]
+        out_ids[i, :c], out_ids[i, c:] = rr_ids[i], ids[i, tail]
+        out_scores[i, :c] = rr_scores[i]  # 1 - distance, in [0, 1]
+        out_scores[i, c:] = scores[i, tail] - 2.0  # cosine - 2, in [-3, -1]: stays below
+    return out_ids, out_scores

@@ -1,0 +1,100 @@
+"""FAISS index construction and search against exact numpy top-k."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from simsearch.retrieval.index import build_index, search
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, seed: int, n_clusters: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+    return unit(centres[rng.integers(0, n_clusters, n)] + 0.6 * rng.standard_normal((n, dim)))
+
+
+def numpy_topk(q: np.ndarray, g: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    sims = q.astype(np.float64) @ g.T.astype(np.float64)
+    ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, ids, 1), ids
+
+
+def test_flat_equals_exact_numpy_topk() -> None:
+    g = clustered(500, 32, seed=0)
+    q = clustered(50, 32, seed=1)
+    scores, ids = search(build_index(g, "Flat"), q, 10)
+    ref_scores, ref_ids = numpy_topk(q, g, 10)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert (ids == ref_ids).mean() > 0.99  # allow float near-ties to swap
+    np.testing.assert_allclose(
+        np.take_along_axis(q @ g.T, ids, 1), ref_scores, atol=1e-5
+    )
+
+
+def test_hnsw_recall_against_flat() -> None:
+    g = clustered(2000, 32, seed=2)
+    q = clustered(200, 32, seed=3)
+    _, exact = search(build_index(g, "Flat"), q, 10)
+    index = build_index(g, "HNSW32", ef_search=64)
+    assert faiss.downcast_index(index).hnsw.efSearch == 64
+    _, approx = search(index, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(approx, exact)])
+    assert recall >= 0.9
+
+
+def test_ivf_trains_and_is_exact_when_probing_every_list() -> None:
+    g = clustered(2000, 16, seed=4)
+    q = clustered(100, 16, seed=5)
+    index = build_index(g, "IVF64,Flat", nprobe=64, seed=0)
+    assert faiss.extract_index_ivf(index).nprobe == 64
+    assert index.ntotal == 2000
+    scores, ids = search(index, q, 5)
+    ref_scores, _ = numpy_topk(q, g, 5)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_nprobe_is_clamped_to_the_number_of_lists() -> None:
+    index = build_index(clustered(300, 8, seed=6), "IVF8,Flat", nprobe=50)
+    assert faiss.extract_index_ivf(index).nprobe == 8
+
+
+def test_search_clamps_k_to_index_size() -> None:
+    g = clustered(7, 8, seed=7)
+    scores, ids = search(build_index(g), g[:3], 100)
+    assert ids.shape == (3, 7)
+    assert (np.sort(ids, axis=1) == np.arange(7)).all()
+    assert (ids[:, 0] == np.arange(3)).all()  # each vector is its own nearest
+
+
+def test_bad_factory_string_is_named() -> None:
+    with pytest.raises(ValueError, match="NotAnIndex42"):
+        build_index(clustered(50, 8, seed=0), "NotAnIndex42")
+
+
+def test_gallery_too_small_for_ivf_names_factory_and_sizes() -> None:
+    with pytest.raises(ValueError, match=r"IVF64,Flat.*64.*30"):
+        build_index(clustered(30, 8, seed=0), "IVF64,Flat")
+
+
+def test_pq_training_failure_is_a_value_error() -> None:
+    # PQ needs 256 training points per sub-quantiser; 100 cannot train it
+    with pytest.raises(ValueError, match="IVF2,PQ4"):
+        build_index(clustered(100, 8, seed=0), "IVF2,PQ4")
+
+
+def test_bad_arrays() -> None:
+    g = clustered(20, 8, seed=0)
+    with pytest.raises(ValueError, match="emb"):
+        build_index(g[0])
+    index = build_index(g)
+    with pytest.raises(ValueError, match="dimension"):
+        search(index, g[:, :4], 3)
+    with pytest.raises(ValueError, match="k must be"):
+        search(index, g, 0)

@@ -1,0 +1,125 @@
+"""Sparse k-reciprocal re-ranking against the dense, paper-literal reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # tools/ is not an installed package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tools.bench.dense_reference import dense_k_reciprocal_rerank  # noqa: E402
+
+from simsearch.retrieval.rerank import k_reciprocal_rerank  # noqa: E402
+
+
+def clustered(nq: int, ng: int, dim: int, seed: int, n_clusters: int = 10, noise: float = 0.5):
+    """Unit vectors scattered around shared cluster centres (queries and gallery alike)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim))
+
+    def points(n: int) -> np.ndarray:
+        x = centres[rng.integers(0, n_clusters, n)] + noise * rng.standard_normal((n, dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    return points(nq), points(ng)
+
+
+def assert_same_ranking(dense: np.ndarray, idx: np.ndarray, dist: np.ndarray, top: int = 10):
+    """Our top-`top` equals the dense argsort, up to swaps of equal dense distances."""
+    ref_sorted = np.sort(dense, axis=1)[:, :top]
+    ours_under_ref = np.take_along_axis(dense, idx[:, :top], axis=1)
+    # the items we rank at position r have the dense distance of the dense rank-r item
+    np.testing.assert_allclose(ours_under_ref, ref_sorted, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(dist[:, :top], ref_sorted, rtol=0, atol=1e-5)
+    ref_idx = np.argsort(dense, axis=1, kind="stable")[:, :top]
+    differs = ref_idx != idx[:, :top]
+    gaps = np.abs(np.take_along_axis(dense, ref_idx, 1) - ours_under_ref)
+    assert (gaps[differs] < 1e-6).all()  # any disagreement is an exact (float) tie
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k1,k2", [(20, 6), (7, 3), (5, 1)])
+def test_matches_dense_reference(seed: int, k1: int, k2: int) -> None:
+    q, g = clustered(40, 120, 16, seed)
+    dense = dense_k_reciprocal_rerank(q, g, k1=k1, k2=k2, lambda_value=0.3)
+    idx, dist = k_reciprocal_rerank(q, g, k1=k1, k2=k2, lambda_value=0.3, num_candidates=120)
+    assert idx.shape == dist.shape == (40, 120)
+    assert idx.dtype == np.int64
+    assert_same_ranking(dense, idx, dist)
+    # every distance (not only the top 10) agrees with the reference
+    np.testing.assert_allclose(dist, np.take_along_axis(dense, idx, 1), rtol=0, atol=1e-5)
+    assert (np.sort(idx, axis=1) == np.arange(120)).all()  # a permutation of the gallery
+
+
+def test_reranking_changes_the_cosine_order() -> None:
+    q, g = clustered(40, 120, 16, seed=0)
+    idx, _ = k_reciprocal_rerank(q, g, num_candidates=120)
+    cosine_order = np.argsort(-(q @ g.T), axis=1, kind="stable")
+    assert (idx[:, :10] != cosine_order[:, :10]).any(axis=1).sum() >= 5
+
+
+def test_lambda_one_is_the_original_distance_order() -> None:
+    q, g = clustered(30, 90, 8, seed=3)
+    idx, dist = k_reciprocal_rerank(q, g, lambda_value=1.0, num_candidates=90)
+    cos = q.astype(np.float64) @ g.T.astype(np.float64)
+    expected = np.take_along_axis((1.0 - cos) / 2.0, idx, axis=1)
+    np.testing.assert_allclose(dist, expected, atol=1e-6)
+    assert (np.diff(dist, axis=1) >= 0).all()
+    assert (idx[:, 0] == cos.argmax(axis=1)).all()
+
+
+def test_candidates_are_the_nearest_gallery_items() -> None:
+    q, g = clustered(20, 200, 16, seed=4)
+    idx, dist = k_reciprocal_rerank(q, g, num_candidates=15)
+    assert idx.shape == dist.shape == (20, 15)
+    nearest = np.argsort(-(q @ g.T), axis=1, kind="stable")[:, :15]
+    assert (np.sort(idx, axis=1) == np.sort(nearest, axis=1)).all()
+    assert (np.diff(dist, axis=1) >= 0).all()
+
+
+def test_num_candidates_larger_than_gallery_is_clamped() -> None:
+    q, g = clustered(5, 12, 4, seed=5)
+    idx, dist = k_reciprocal_rerank(q, g, k1=3, k2=2, num_candidates=100)
+    assert idx.shape == (5, 12)
+    dense = dense_k_reciprocal_rerank(q, g, k1=3, k2=2, lambda_value=0.3)
+    np.testing.assert_allclose(dist, np.take_along_axis(dense, idx, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"k1": 0}, "k1"),
+        ({"k2": 0}, "k2"),
+        ({"num_candidates": 0}, "num_candidates"),
+        ({"lambda_value": 1.5}, "lambda_value"),
+    ],
+)
+def test_bad_parameters_name_the_argument(kwargs: dict, name: str) -> None:
+    q, g = clustered(4, 10, 4, seed=0)
+    with pytest.raises(ValueError, match=name):
+        k_reciprocal_rerank(q, g, **kwargs)
+
+
+def test_bad_arrays_name_the_argument() -> None:
+    q, g = clustered(4, 10, 4, seed=0)
+    with pytest.raises(ValueError, match="q_emb and g_emb"):
+        k_reciprocal_rerank(q, g[:, :3])
+    with pytest.raises(ValueError, match="q_emb"):
+        k_reciprocal_rerank(q[0], g)
+    with pytest.raises(ValueError, match="g_emb"):
+        k_reciprocal_rerank(q, g[None])
+    with pytest.raises(ValueError, match="g_emb.*L2-normalised"):
+        k_reciprocal_rerank(q, 2 * g)
+
+
+@pytest.mark.parametrize("nq,ng,k1,k2", [(1, 1, 20, 6), (2, 5, 3, 10), (3, 2, 1, 1)])
+def test_tiny_sets_where_k_exceeds_the_set(nq: int, ng: int, k1: int, k2: int) -> None:
+    q, g = clustered(nq, ng, 4, seed=nq + ng, n_clusters=2)
+    idx, dist = k_reciprocal_rerank(q, g, k1=k1, k2=k2, num_candidates=ng)
+    dense = dense_k_reciprocal_rerank(q, g, k1=k1, k2=k2, lambda_value=0.3)
+    np.testing.assert_allclose(dist, np.take_along_axis(dense, idx, 1), atol=1e-5)

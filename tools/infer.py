@@ -1,0 +1,71 @@
+"""Write a submission: ``[accelerate launch] tools/infer.py --checkpoint RUN/best --query-dir Q
+--gallery-dir G [--config C] [--out submissions/NAME.json] [--force] [--strict] [key=value ...]``.
+
+``--ablate --ground-truth GT.json`` instead prints (and saves as markdown) the table of baseline,
++TTA, +QE, +re-ranking and all, from embeddings extracted once.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from simsearch.config import ConfigError, load
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="a run's best/ or last/ folder")
+    p.add_argument("--config", action="append", default=[],
+                   help="experiment YAML(s); default: the checkpoint's own config.yaml")
+    p.add_argument("--query-dir", required=True, help="flat folder of query images")
+    p.add_argument("--gallery-dir", required=True, help="flat folder of gallery images")
+    p.add_argument("--out", default=None, help="submission path (default submissions/<run>.json)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing submission")
+    p.add_argument("--strict", action="store_true", help="refuse when a query leaks into gallery/training")
+    p.add_argument("--train-dir", default=None, help="training folder for the leakage check "
+                   "(default: data.train_dir of the config)")
+    p.add_argument("--ablate", action="store_true", help="print the ablation table instead")
+    p.add_argument("--ground-truth", default=None, help="ground truth JSON (needed by --ablate)")
+    p.add_argument("--ablate-out", default=None, help="markdown file for the ablation table")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. infer.top_k=50")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        files = args.config or [Path(args.checkpoint) / "config.yaml"]
+        cfg = load(files, args.overrides)
+        if args.ablate:
+            from simsearch.predict import run_ablation
+
+            if not args.ground_truth:
+                raise ValueError("--ablate needs --ground-truth GT.json")
+            table = run_ablation(cfg, args.checkpoint, args.query_dir, args.gallery_dir,
+                                 args.ground_truth, args.ablate_out, force=args.force)
+            print(table)
+            return 0
+        from accelerate import Accelerator
+
+        from simsearch.predict import run_inference
+
+        accelerator = Accelerator(cpu=cfg.train.cpu)
+        ext = "csv" if cfg.infer.format == "csv" else "json"
+        out = args.out or f"submissions/{cfg.run_name}.{ext}"
+        meta = run_inference(cfg, args.checkpoint, args.query_dir, args.gallery_dir, out,
+                             force=args.force, strict=args.strict, train_dir=args.train_dir,
+                             accelerator=accelerator)
+        if accelerator.is_main_process:
+            print(f"submission: {out} ({meta['sizes']['queries']} queries, top {meta['sizes']['top_k']})")
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        if os.environ.get("SIMSEARCH_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
