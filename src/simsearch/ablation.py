@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 from .metrics import score_rankings
-from .retrieval.pipeline import RetrievalOptions, retrieve
+from .retrieval.pipeline import RetrievalOptions
 
 __all__ = ["ablation_rows", "ablation_markdown"]
 
@@ -28,14 +28,14 @@ def ablation_rows(plain: dict[str, Any], tta: dict[str, Any], ground_truth: dict
 
     Time = that embedding's extraction time (queries and gallery) + retrieval time.
     """
-    from .predict import rankings_from_ids
+    from .predict import rankings_from_ids, search_readable
 
     rows = []
     for name, use_tta, variant in _variants(opts):
         src = tta if use_tta else plain
         q, g = src["query"], src["gallery"]
         t = time.perf_counter()
-        ids, _ = retrieve(q.emb, g.emb[g.ok], variant)
+        ids = search_readable(q, g, variant)
         seconds = time.perf_counter() - t + q.seconds + g.seconds
         m = score_rankings(rankings_from_ids(q, g, ids), ground_truth, ks=(1, 5))
         rows.append({"variant": name, "r1": m["r1"], "r5": m["r5"], "map": m["map"], "time_s": seconds})

@@ -117,7 +117,8 @@ def _loaders(cfg: DictConfig, model: EmbeddingModel, train: list, val: list,
                                hflip=cfg.data.hflip, color_jitter=cfg.data.color_jitter)
     t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
     sampler = PKSampler([s[1] for s in train], cfg.train.batch_p, cfg.train.batch_k, seed=cfg.seed,
-                        num_replicas=accelerator.num_processes, rank=accelerator.process_index)
+                        num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+                        rounds=cfg.data.pk_rounds)
     workers = cfg.data.num_workers
     loader = DataLoader(ImageDataset(train, t_train), batch_sampler=sampler, num_workers=workers,
                         collate_fn=collate_skip_bad, worker_init_fn=_worker_init,

@@ -78,10 +78,28 @@ def check_leakage(query: EmbeddedFolder, gallery: EmbeddedFolder, train_dir: str
 
 
 def rankings_from_ids(query: EmbeddedFolder, gallery: EmbeddedFolder, ids: np.ndarray) -> dict[str, list[str]]:
-    """Map index rows back to file names; unreadable gallery images never appear."""
-    kept = np.flatnonzero(gallery.ok)
-    names = np.asarray(gallery.names)[kept]
-    return {q: [str(n) for n in names[row[row >= 0]]] for q, row in zip(query.names, ids)}
+    """Map rows for the readable queries back to names; unreadable gallery images never appear.
+
+    An unreadable query has nothing to search with; it still gets a row (the gallery in name
+    order, logged at embedding time) so the submission stays complete.
+    """
+    names = np.asarray(gallery.names)[np.flatnonzero(gallery.ok)]
+    rows = iter(ids)
+    fallback = [str(n) for n in names[: ids.shape[1]]]
+    out = {}
+    for q, ok in zip(query.names, query.ok):
+        row = next(rows) if ok else None
+        out[q] = [str(n) for n in names[row[row >= 0]]] if ok else fallback
+    return out
+
+
+def search_readable(query: EmbeddedFolder, gallery: EmbeddedFolder, opts: RetrievalOptions,
+                    timings: dict[str, float] | None = None) -> np.ndarray:
+    """retrieve() over the readable queries and gallery images only."""
+    if not gallery.ok.any():
+        raise ValueError(f"no readable image in the gallery folder {gallery.folder}")
+    ids, _ = retrieve(query.emb[query.ok], gallery.emb[gallery.ok], opts, timings)
+    return ids
 
 
 def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
@@ -107,7 +125,7 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
         return {}
     leaks = check_leakage(query, gallery, train_dir if train_dir is not None else cfg.data.train_dir, strict)
     opts = RetrievalOptions.from_config(cfg.infer)
-    ids, _scores = retrieve(query.emb, gallery.emb[gallery.ok], opts, timings)
+    ids = search_readable(query, gallery, opts, timings)
     rankings = rankings_from_ids(query, gallery, ids)
     write_submission(out, rankings, fmt=cfg.infer.format, force=force)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(checkpoint),

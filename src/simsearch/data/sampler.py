@@ -46,6 +46,7 @@ class PKSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         drop_last: bool = True,
+        rounds: int | None = None,
     ) -> None:
         if p < 1 or k < 1:
             raise ValueError(f"P and K must be >= 1, got P={p}, K={k}")
@@ -64,6 +65,11 @@ class PKSampler(Sampler[list[int]]):
         self.seed = seed
         self.num_replicas, self.rank = num_replicas, rank
         self.drop_last = drop_last
+        # Passes over all classes per epoch. Auto: enough that an epoch draws about as many
+        # images as the data holds (fast-reid's identity sampler does the same), instead of
+        # one pass that would see only C*K images however large each class is.
+        one_pass = math.ceil(len(self.classes) / p)
+        self.rounds = rounds or max(1, round(len(labels) / (p * k) / one_pass))
         self.epoch = 0
         self.start_batch = 0
 
@@ -71,34 +77,48 @@ class PKSampler(Sampler[list[int]]):
 
     def _num_global_batches(self) -> int:
         """Batches of one epoch over all ranks, padded to a multiple of num_replicas."""
-        batches = math.ceil(len(self.classes) / self.p)
+        batches = math.ceil(len(self.classes) / self.p) * self.rounds
         return math.ceil(batches / self.num_replicas) * self.num_replicas
 
     def _class_groups(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Positions (into self.classes) of the classes of each batch of the epoch."""
         n_classes = len(self.classes)
-        order = rng.permutation(n_classes)
-        groups = [order[i:i + self.p] for i in range(0, n_classes, self.p)]
-        short = self.p - len(groups[-1])
-        if short and self.drop_last:
-            others = np.setdiff1d(np.arange(n_classes), groups[-1])
-            groups[-1] = np.concatenate([groups[-1], rng.choice(others, short, replace=False)])
+        groups: list[np.ndarray] = []
+        for _ in range(self.rounds):
+            order = rng.permutation(n_classes)
+            part = [order[i:i + self.p] for i in range(0, n_classes, self.p)]
+            short = self.p - len(part[-1])
+            if short and self.drop_last:
+                others = np.setdiff1d(np.arange(n_classes), part[-1])
+                part[-1] = np.concatenate([part[-1], rng.choice(others, short, replace=False)])
+            groups += part
         while len(groups) < self._num_global_batches():  # padding for equal rank shares
             groups.append(rng.choice(n_classes, self.p, replace=False))
         return groups
 
-    def _pick(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """K images of one class; a class with fewer than K gives all + random repeats."""
-        if len(members) >= self.k:
-            return rng.choice(members, self.k, replace=False)
-        extra = rng.choice(members, self.k - len(members), replace=True)
-        return rng.permutation(np.concatenate([members, extra]))
+    def _pick(self, c: int, rng: np.random.Generator, queues: dict[int, list[int]]) -> np.ndarray:
+        """K images of class c; a class with fewer than K gives all + random repeats.
+
+        A class drawn again in a later round continues through one shuffled pass of its
+        images before any image repeats.
+        """
+        members = self._members[c]
+        if len(members) < self.k:
+            extra = rng.choice(members, self.k - len(members), replace=True)
+            return rng.permutation(np.concatenate([members, extra]))
+        queue = queues.setdefault(c, [])
+        if len(queue) < self.k:
+            rest = np.setdiff1d(members, queue)  # keep K distinct when wrapping around
+            queue += rng.permutation(rest).tolist()
+        picked, queues[c] = queue[:self.k], queue[self.k:]
+        return np.asarray(picked, dtype=np.int64)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """All batches of ``epoch`` over all ranks (batch i belongs to rank i % num_replicas)."""
         rng = np.random.default_rng([self.seed, epoch])
+        queues: dict[int, list[int]] = {}
         return [
-            [int(i) for c in group for i in self._pick(self._members[c], rng)]
+            [int(i) for c in group for i in self._pick(int(c), rng, queues)]
             for group in self._class_groups(rng)
         ]
 
