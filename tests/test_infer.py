@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tools.infer import main as infer_main
 from tools.score import main as score_main
 from tools.train import main as train_main

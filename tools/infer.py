@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ground-truth", default=None, help="ground truth JSON (needed by --ablate)")
     p.add_argument("--ablate-out", default=None, help="markdown file for the ablation table")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. infer.top_k=50")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

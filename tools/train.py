@@ -14,7 +14,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="experiment YAML (repeatable; merged in order over configs/default.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run from its last/ checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ network. scikit-image (an ``offline`` extra) ships real photographs; cutting eac
 overlapping regions gives "products", and random crops / rotations / colour jitter of a region
 give several "photos of the product". Items are split between training and test (as in
 DeepFashion In-shop), so the test set asks for unseen instances, in the same folder layout as
-``/work/shared/data/caltech101``.
+``../shared/data/caltech101``.
 """
 from __future__ import annotations
 
