@@ -170,3 +170,21 @@ def test_two_process_cpu_training(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in (tmp_path / "runs/tiny_test/train.log").read_text()
     assert len(_rows(tmp_path / "runs" / "tiny_test")) == 2
+
+
+def test_zero_epochs_saves_the_untrained_model_as_the_baseline(tmp_path):
+    from safetensors.torch import load_file
+
+    from simsearch.config import load
+    from simsearch.engine import seed_everything
+    from simsearch.models import build_model
+
+    data = make_class_folder(tmp_path / "train")
+    assert _train(tmp_path, data, "train.epochs=0") == 0
+    run = tmp_path / "runs" / "tiny_test"
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == ["-1"] and float(rows[0]["map"]) > 0
+    seed_everything(0)
+    fresh = build_model(load([TINY])).state_dict()
+    saved = load_file(str(run / "best" / "model.safetensors"))
+    assert all((saved[k] == fresh[k]).all() for k in fresh)

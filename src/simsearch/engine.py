@@ -283,11 +283,16 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
 
     writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     best_metrics: dict[str, Any] = {}
-    if cfg.train.eval_at_start and not resume and val_ds is not None:
-        # the untrained baseline: same data, same metric, epoch -1
-        row = {"epoch": -1, "step": 0, **evaluate(model, val_ds, accelerator, cfg)}
-        log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
-        if accelerator.is_main_process:
+    if (cfg.train.eval_at_start or cfg.train.epochs == 0) and not resume:
+        # the untrained baseline: same data, same metric, epoch -1; with zero epochs it is
+        # also saved as the checkpoint (the zero-shot model for inference)
+        row = {"epoch": -1, "step": 0, **(evaluate(model, val_ds, accelerator, cfg) if val_ds is not None else {})}
+        if "map" in row:
+            log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
+        if cfg.train.epochs == 0:
+            _save_epoch(run_dir, row, True, model, loss_fn, optimizer, scheduler, sampler, accelerator,
+                        cfg, state, None)
+        elif accelerator.is_main_process:
             _append_metrics(run_dir / "metrics.csv", row)
     while state.epoch < cfg.train.epochs:
         # train one epoch
