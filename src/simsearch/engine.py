@@ -212,33 +212,61 @@ def _append_metrics(path: Path, row: dict[str, Any]) -> None:
         w.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
 
 
-def _train_state_dict(state: TrainState, optimizer, scheduler, sampler, accelerator) -> dict:
-    out = {"epoch": state.epoch, "step": state.step, "best": state.best, "bad_epochs": state.bad_epochs,
-           "skipped": list(state.skipped), "optimizer": optimizer.state_dict(),
-           "scheduler": scheduler.state_dict(), "sampler": sampler.state_dict(), "rng": ckpt.rng_state()}
-    if accelerator.scaler is not None:
-        out["scaler"] = accelerator.scaler.state_dict()
+@dataclass
+class Run:
+    """Everything one training run holds, prepared for the Accelerator."""
+
+    cfg: DictConfig
+    accelerator: Accelerator
+    run_dir: Path
+    model: Any
+    loss_fn: Any
+    optimizer: Any
+    scheduler: Any
+    loader: DataLoader
+    sampler: PKSampler
+    val_ds: ImageDataset | None
+    state: TrainState = field(default_factory=TrainState)
+    writer: Any = None
+
+
+def _train_state_dict(run: Run) -> dict:
+    st = run.state
+    out = {"epoch": st.epoch, "step": st.step, "best": st.best, "bad_epochs": st.bad_epochs,
+           "skipped": list(st.skipped), "optimizer": run.optimizer.state_dict(),
+           "scheduler": run.scheduler.state_dict(), "sampler": run.sampler.state_dict(),
+           "rng": ckpt.rng_state()}
+    if run.accelerator.scaler is not None:
+        out["scaler"] = run.accelerator.scaler.state_dict()
     return out
 
 
-def _restore(train_state: dict, state: TrainState, optimizer, scheduler, sampler, accelerator) -> None:
-    state.epoch, state.step = train_state["epoch"], train_state["step"]
-    state.best, state.bad_epochs = train_state["best"], train_state["bad_epochs"]
-    state.skipped = list(train_state["skipped"])
-    optimizer.load_state_dict(train_state["optimizer"])
-    scheduler.load_state_dict(train_state["scheduler"])
-    sampler.load_state_dict(train_state["sampler"])
-    if accelerator.scaler is not None and "scaler" in train_state:
-        accelerator.scaler.load_state_dict(train_state["scaler"])
-    ckpt.set_rng_state(train_state["rng"])
+def _restore(run: Run) -> None:
+    """Continue from ``last/``: weights, optimizer, scheduler, scaler, sampler, RNG, counters."""
+    last = run.run_dir / "last"
+    ts = ckpt.load_train_state(last)
+    st = run.state
+    st.epoch, st.step, st.best, st.bad_epochs = ts["epoch"], ts["step"], ts["best"], ts["bad_epochs"]
+    st.skipped = list(ts["skipped"])
+    run.optimizer.load_state_dict(ts["optimizer"])
+    run.scheduler.load_state_dict(ts["scheduler"])
+    run.sampler.load_state_dict(ts["sampler"])
+    if run.accelerator.scaler is not None and "scaler" in ts:
+        run.accelerator.scaler.load_state_dict(ts["scaler"])
+    unwrap = run.accelerator.unwrap_model
+    unwrap(run.model).load_state_dict(_load_weights(last / "model.safetensors"))
+    if (last / "loss.safetensors").exists():
+        unwrap(run.loss_fn).load_state_dict(_load_weights(last / "loss.safetensors"))
+    ckpt.set_rng_state(ts["rng"])
+    log.info("resumed from %s at epoch %d, step %d", last, st.epoch, st.step)
 
 
 def run_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.train.output_dir) / cfg.run_name
 
 
-def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
-    """Train per ``cfg``; returns the best validation metrics and the run folder."""
+def _start(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
+    """Accelerator, run folder (never clobbering a finished run), resolved config, logging."""
     accelerator = build_accelerator(cfg)
     run_dir = run_dir_of(cfg)
     if accelerator.is_main_process:
@@ -251,83 +279,92 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     _setup_logging(run_dir, accelerator.is_main_process)
     log.info("simsearch %s, git %s, %d process(es), device %s, mixed precision %s", ckpt.__version__,
              ckpt.git_sha(), accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
-    seed_everything(cfg.seed)
+    return accelerator, run_dir
 
+
+def _prepare(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> Run:
+    seed_everything(cfg.seed)
     # setup data and model
     train, val, classes = load_samples(cfg)
     model = build_model(cfg)
     loader, sampler, val_ds = _loaders(cfg, model, train, val, accelerator)
     loss_fn = LossWrapper(build_loss(cfg, len(classes), cfg.model.embed_dim), build_miner(cfg),
                           cfg.train.miner_start_epoch)
-
     # setup optimizer and schedule
     optimizer = build_optimizer(model, loss_fn, cfg.train.lr, cfg.train.llrd, cfg.train.weight_decay)
     steps_per_epoch = min(len(sampler), cfg.train.max_steps_per_epoch or 1 << 62)
     total_steps = cfg.train.epochs * math.ceil(steps_per_epoch / cfg.train.grad_accum)
     scheduler = build_scheduler(optimizer, total_steps, cfg.train.warmup_frac, cfg.train.lr, cfg.train.min_lr)
-    has_loss_params = any(p.requires_grad for p in loss_fn.parameters())
-    if has_loss_params:
+    if any(p.requires_grad for p in loss_fn.parameters()):  # ArcFace: its centres sync like weights
         model, optimizer, loss_fn = accelerator.prepare(model, optimizer, loss_fn)
     else:
         model, optimizer = accelerator.prepare(model, optimizer)
         loss_fn = loss_fn.to(accelerator.device)
+    return Run(cfg, accelerator, run_dir, model, loss_fn, optimizer, scheduler, loader, sampler, val_ds)
 
-    state = TrainState()
+
+def _baseline(run: Run) -> None:
+    """Epoch -1: the untrained model's metrics; with zero epochs it is also the checkpoint."""
+    row = {"epoch": -1, "step": 0}
+    if run.val_ds is not None:
+        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg))
+        log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
+    if run.cfg.train.epochs == 0:
+        _save_epoch(run, row, improved=True)
+    elif run.accelerator.is_main_process:
+        _append_metrics(run.run_dir / "metrics.csv", row)
+
+
+def _epoch(run: Run) -> tuple[dict[str, Any], bool]:
+    """Train one epoch, validate, checkpoint; returns the metrics row and whether it is best."""
+    st, unwrap = run.state, run.accelerator.unwrap_model
+    run.sampler.set_epoch(st.epoch)
+    _reseed_main_process_transform(run.loader)
+    unwrap(run.loss_fn).set_epoch(st.epoch)
+    t0 = time.perf_counter()
+    row = train_one_epoch(run.model, run.loss_fn, run.optimizer, run.scheduler, run.loader, run.sampler,
+                          run.accelerator, run.cfg, st, run.writer)
+    row.update(epoch=st.epoch, step=st.step, miner=int(unwrap(run.loss_fn).miner_active))
+    # evaluate and checkpoint
+    if run.val_ds is not None:
+        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg))
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    improved = _bookkeeping(row, st, run.cfg)
+    st.epoch += 1
+    run.sampler.set_epoch(st.epoch)
+    st.skipped = sorted(set(sum(gather_object([st.skipped]), [])))
+    _save_epoch(run, row, improved)
+    return row, improved
+
+
+def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
+    """Train per ``cfg``; returns the best validation metrics and the run folder."""
+    accelerator, run_dir = _start(cfg, resume)
+    run = _prepare(cfg, accelerator, run_dir)
     if resume:
-        _restore(ckpt.load_train_state(run_dir / "last"), state, optimizer, scheduler, sampler, accelerator)
-        accelerator.unwrap_model(model).load_state_dict(_load_weights(run_dir / "last" / "model.safetensors"))
-        if (run_dir / "last" / "loss.safetensors").exists():
-            accelerator.unwrap_model(loss_fn).load_state_dict(
-                _load_weights(run_dir / "last" / "loss.safetensors"))
-        log.info("resumed from %s at epoch %d, step %d", run_dir / "last", state.epoch, state.step)
-
-    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
-    best_metrics: dict[str, Any] = {}
+        _restore(run)
+    run.writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     if (cfg.train.eval_at_start or cfg.train.epochs == 0) and not resume:
-        # the untrained baseline: same data, same metric, epoch -1; with zero epochs it is
-        # also saved as the checkpoint (the zero-shot model for inference)
-        row = {"epoch": -1, "step": 0, **(evaluate(model, val_ds, accelerator, cfg) if val_ds is not None else {})}
-        if "map" in row:
-            log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
-        if cfg.train.epochs == 0:
-            _save_epoch(run_dir, row, True, model, loss_fn, optimizer, scheduler, sampler, accelerator,
-                        cfg, state, None)
-        elif accelerator.is_main_process:
-            _append_metrics(run_dir / "metrics.csv", row)
-    while state.epoch < cfg.train.epochs:
-        # train one epoch
-        sampler.set_epoch(state.epoch)
-        _reseed_main_process_transform(loader)
-        accelerator.unwrap_model(loss_fn).set_epoch(state.epoch)
-        t0 = time.perf_counter()
-        row = train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator,
-                              cfg, state, writer)
-        row.update(epoch=state.epoch, step=state.step, miner=int(accelerator.unwrap_model(loss_fn).miner_active))
-        # evaluate and checkpoint
-        if val_ds is not None:
-            row.update(evaluate(model, val_ds, accelerator, cfg))
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        improved = _bookkeeping(row, state, cfg)
-        state.epoch += 1
-        sampler.set_epoch(state.epoch)
-        state.skipped = sorted(set(sum(gather_object([state.skipped]), [])))
-        _save_epoch(run_dir, row, improved, model, loss_fn, optimizer, scheduler, sampler, accelerator,
-                    cfg, state, writer)
-        if improved:
-            best_metrics = dict(row)
-        if cfg.train.early_stop_patience and state.bad_epochs >= cfg.train.early_stop_patience:
-            log.info("early stop: %s did not improve for %d epochs", cfg.train.best_metric, state.bad_epochs)
+        _baseline(run)
+    best: dict[str, Any] = {}
+    while run.state.epoch < cfg.train.epochs:
+        row, improved = _epoch(run)
+        best = dict(row) if improved else best
+        if cfg.train.early_stop_patience and run.state.bad_epochs >= cfg.train.early_stop_patience:
+            log.info("early stop: %s did not improve for %d epochs", cfg.train.best_metric,
+                     run.state.bad_epochs)
             break
-    if writer is not None:
-        writer.close()
-    if state.skipped:
-        log.warning("skipped %d unreadable image(s): %s", len(state.skipped), ", ".join(state.skipped))
+    if run.writer is not None:
+        run.writer.close()
+    skipped = run.state.skipped
+    if skipped:
+        log.warning("skipped %d unreadable image(s): %s", len(skipped), ", ".join(skipped))
     else:
         log.info("skipped 0 unreadable images")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return {"run_dir": str(run_dir), "best": best_metrics, "skipped": list(state.skipped),
-            "epochs_run": state.epoch, "is_main_process": accelerator.is_main_process}
+    return {"run_dir": str(run_dir), "best": best, "skipped": list(skipped),
+            "epochs_run": run.state.epoch, "is_main_process": accelerator.is_main_process}
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -360,20 +397,20 @@ def _bookkeeping(row: dict, state: TrainState, cfg: DictConfig) -> bool:
     return False
 
 
-def _save_epoch(run_dir, row, improved, model, loss_fn, optimizer, scheduler, sampler, accelerator,
-                cfg, state, writer) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _append_metrics(run_dir / "metrics.csv", row)
-        if writer is not None:
+def _save_epoch(run: Run, row: dict[str, Any], improved: bool) -> None:
+    """Append the metrics row; write last/ (with training state) and, if improved, best/."""
+    acc, st = run.accelerator, run.state
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _append_metrics(run.run_dir / "metrics.csv", row)
+        if run.writer is not None:
             for k in ("r1", "r5", "map"):
                 if k in row:
-                    writer.add_scalar(f"val/{k}", row[k], state.step)
-        net, lossm = accelerator.unwrap_model(model), accelerator.unwrap_model(loss_fn)
-        meta = {"epoch": row["epoch"], "step": state.step,
+                    run.writer.add_scalar(f"val/{k}", row[k], st.step)
+        net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
+        meta = {"epoch": row["epoch"], "step": st.step,
                 "metrics": {k: row[k] for k in ("r1", "r5", "map", "loss") if k in row}}
-        ts = _train_state_dict(state, optimizer, scheduler, sampler, accelerator)
-        ckpt.save_checkpoint(run_dir / "last", net, lossm, cfg, meta, ts)
+        ckpt.save_checkpoint(run.run_dir / "last", net, lossm, run.cfg, meta, _train_state_dict(run))
         if improved:
-            ckpt.save_checkpoint(run_dir / "best", net, lossm, cfg, meta)
-    accelerator.wait_for_everyone()
+            ckpt.save_checkpoint(run.run_dir / "best", net, lossm, run.cfg, meta)
+    acc.wait_for_everyone()
