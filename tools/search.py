@@ -1,0 +1,57 @@
+"""Search an index: ``tools/search.py --index INDEX_DIR (--query-image PATH | --query-text TEXT)
+[--top-k 10] [--grid out.png] [--force]``.
+
+Prints one line per result, best first: rank, score (cosine) and path. ``--grid`` also saves the
+query and its results as a PNG. Text search needs an index built from an OpenCLIP checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--index", required=True, help="index folder made by tools/index.py build")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query-image", default=None, help="image to search with")
+    q.add_argument("--query-text", default=None, help="text to search with (CLIP backbones only)")
+    p.add_argument("--top-k", type=int, default=10, help="number of results")
+    p.add_argument("--grid", default=None, help="also save a result grid PNG here")
+    p.add_argument("--thumb", type=int, default=128, help="grid tile size in pixels")
+    p.add_argument("--force", action="store_true", help="overwrite an existing grid PNG")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder, if it moved since the build")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        from simsearch.grid import result_grid
+        from simsearch.index_store import search_index, search_text
+
+        if args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        if args.grid and os.path.exists(args.grid) and not args.force:
+            raise FileExistsError(f"{args.grid} already exists; pass --force to overwrite it")
+        if args.query_image is not None:
+            hits = search_index(args.index, args.query_image, args.top_k, checkpoint=args.checkpoint)
+        else:
+            hits = search_text(args.index, args.query_text, args.top_k)
+        for rank, (path, score) in enumerate(hits, 1):
+            print(f"{rank:>3}  {score:.4f}  {path}")
+        if args.grid:
+            result_grid(args.query_image, hits, args.grid, thumb=args.thumb, force=args.force,
+                        query_text=args.query_text)
+            print(f"grid: {args.grid}")
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        if os.environ.get("SIMSEARCH_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
