@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="competition folder (default: build the skimage demo)")
     p.add_argument("--work", default="runs/demo", help="demo-owned folder, replaced on each run")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 3, or 1 with --data)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 5, or 1 with --data)")
     p.add_argument("--val-split", default=None, choices=["image", "class"],
                    help="validation hold-out (default: class for the instance-level skimage demo, "
                         "image for --data)")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
               f"images, {info['queries']} queries, {info['gallery']} gallery images in {data}")
     else:
         data, name = Path(args.data), Path(args.data).name
-    epochs = args.epochs or (3 if args.data is None else 1)
+    epochs = args.epochs or (5 if args.data is None else 1)
     val_split = args.val_split or ("class" if args.data is None else "image")
     config = str(REPO / "configs" / "effnet_lite0_offline.yaml")
 

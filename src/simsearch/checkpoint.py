@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -120,4 +121,5 @@ def load_model(folder: str | Path, cfg: DictConfig | None = None):
     build_cfg = OmegaConf.merge(cfg, {"model": {"pretrained": None}})
     model = build_model(build_cfg)
     model.load_state_dict(load_file(str(weights)), strict=True)
+    logging.getLogger("simsearch.models").info("loaded checkpoint weights from %s", weights)
     return model.eval(), cfg

@@ -228,7 +228,7 @@ def create_backbone(spec: str, pretrained: Any = "default") -> Backbone:
     """Build the backbone a config names; ``pretrained=None`` gives random init (tests)."""
     kind, name, tag = parse_backbone_name(spec)
     weights = _resolve_pretrained(kind, tag, pretrained)
-    log.info("backbone %s, weights: %s", spec, weights or "random init")
+    log.info("backbone %s, weights: %s", spec, weights or "none (random init, or a checkpoint loads them next)")
     if kind == "open_clip":
         return OpenClipBackbone(name, weights, spec)
     return TimmBackbone(name, weights, spec)
