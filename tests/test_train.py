@@ -188,3 +188,25 @@ def test_zero_epochs_saves_the_untrained_model_as_the_baseline(tmp_path):
     fresh = build_model(load([TINY])).state_dict()
     saved = load_file(str(run / "best" / "model.safetensors"))
     assert all((saved[k] == fresh[k]).all() for k in fresh)
+
+
+def test_early_stopping_gradient_accumulation_and_bf16(tmp_path):
+    # The colour-block classes are separable from the start, so validation mAP is 1.0 at
+    # epoch 0 and cannot improve: patience 1 stops after epoch 1.
+    data = make_class_folder(tmp_path / "train", n_classes=8, per_class=6)
+    assert _train(tmp_path, data, "train.epochs=5", "train.early_stop_patience=1",
+                  "train.grad_accum=2", "train.mixed_precision=bf16") == 0
+    run = tmp_path / "runs" / "tiny_test"
+    rows = _rows(run)
+    assert float(rows[0]["map"]) == 1.0
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert "early stop" in (run / "train.log").read_text()
+    assert "mixed precision bf16" in (run / "train.log").read_text()
+    # 8 classes keep 4 training images each (2 of 6 held out): one pass over the classes is
+    # 8/4 = 2 batches of 4x2, auto rounds = round(32 / 8 / 2) = 2, so 4 batches an epoch;
+    # accumulating 2 of them gives 2 optimizer (and scheduler) steps an epoch.
+    import torch
+
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    state = torch.load(run / "last" / "train_state.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 4
