@@ -78,3 +78,9 @@ def test_missing_and_invalid_files(tmp_path):
     bad = _write(tmp_path / "bad.yaml", "train: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml"):
         load([bad])
+
+
+def test_top_k_takes_all_but_no_other_word():
+    assert load([], ["infer.top_k=all"]).infer.top_k == "all"
+    with pytest.raises(ConfigError, match="infer.top_k"):
+        load([], ["infer.top_k=many"])

@@ -93,7 +93,7 @@ def test_existing_file_needs_force(competition, tmp_path, capsys):
 
 def test_csv_whole_gallery_and_score_roundtrip(competition, tmp_path, capsys):
     out = tmp_path / "sub.csv"
-    assert _infer(competition, out, "infer.format=csv", "infer.top_k=0", "infer.rerank=false") == 0
+    assert _infer(competition, out, "infer.format=csv", "infer.top_k=all", "infer.rerank=false") == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "query,ranked_gallery" and len(lines) == 7
     assert all(len(line.split(",")[1].split()) == 18 for line in lines[1:])

@@ -26,7 +26,13 @@ def default_config_path() -> Path:
     return Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
 
-def _type_ok(default: Any, value: Any) -> bool:
+# Keys that also take one word besides their default's type.
+_ALSO_ALLOWED = {"infer.top_k": ("all",)}
+
+
+def _type_ok(default: Any, value: Any, key: str = "") -> bool:
+    if value in _ALSO_ALLOWED.get(key, ()):
+        return True
     if value is None or default is None:
         return True  # a null default accepts any scalar; any key may be set back to null
     if isinstance(default, bool):
@@ -58,7 +64,7 @@ def _check(default: DictConfig, layer: DictConfig, source: str, prefix: str = ""
         lval = OmegaConf.to_container(layer, resolve=False)[key]
         if isinstance(dval, dict):
             raise ConfigError(f"{source}: '{full}' is a section; set its keys, not a value")
-        if not _type_ok(dval, lval):
+        if not _type_ok(dval, lval, full):
             raise ConfigError(
                 f"{source}: '{full}' must be {type(dval).__name__} like the default {dval!r}, "
                 f"got {type(lval).__name__} {lval!r}"

@@ -22,7 +22,7 @@ class RetrievalOptions:
     index: str = "Flat"
     ef_search: int = 128
     nprobe: int = 16
-    top_k: int = 100
+    top_k: int | str = 100
     qe: str = "none"
     qe_k: int = 2
     qe_alpha: float = 3.0
@@ -47,14 +47,14 @@ def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions,
              timings: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rank the gallery for every query: (ids (Nq, K) best first, scores (Nq, K), higher better).
 
-    K = top_k, or the whole gallery when top_k is 0. Re-ranking reorders each query's first
+    K = top_k, or the whole gallery when top_k is 0 or "all". Re-ranking reorders each query's first
     ``rerank_candidates`` (at least K when K is smaller); the rest follow in index order.
     Scores are cosine similarities, or 1 - re-ranked distance for re-ranked positions (the
     positions after them get cosine - 2, so scores always decrease along a row).
     """
     timings = {} if timings is None else timings
     ng = len(g)
-    k = ng if opts.top_k in (0, None) else min(opts.top_k, ng)
+    k = ng if opts.top_k in (0, None, "all") else min(int(opts.top_k), ng)
     t = time.perf_counter()
     if opts.dba_k:
         g = database_augmentation(g, opts.dba_k, opts.qe_alpha)
