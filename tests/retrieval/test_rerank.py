@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from tools.bench.dense_reference import dense_k_reciprocal_rerank
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # tools/ is not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tools.bench.dense_reference import dense_k_reciprocal_rerank  # noqa: E402
-
-from simsearch.retrieval.rerank import k_reciprocal_rerank  # noqa: E402
+from simsearch.retrieval.rerank import k_reciprocal_rerank
 
 
 def clustered(nq: int, ng: int, dim: int, seed: int, n_clusters: int = 10, noise: float = 0.5):

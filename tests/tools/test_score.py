@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # tools/ is not an installed package
-    sys.path.insert(0, str(REPO_ROOT))
-
-from tools.score import main  # noqa: E402
+from tools.score import main
 
 GT = {"q1": ["a"], "q2": ["b", "c"]}
 
