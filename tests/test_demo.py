@@ -1,8 +1,9 @@
 """`make demo DATA=...`: the whole loop on a competition folder, through tools/demo.py."""
 import json
 
-from simsearch.demo_data import build_demo_competition
 from tools.demo import main
+
+from simsearch.demo_data import build_demo_competition
 
 
 def test_demo_loop_on_a_competition_folder(tmp_path, monkeypatch, capsys):

@@ -67,9 +67,14 @@ def build_index(
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.cp.seed = seed  # k-means seed, for reproducible coarse quantisers
-        pq = getattr(faiss.downcast_index(ivf), "pq", None)
+        inner = faiss.downcast_index(ivf)
+        pq = getattr(inner, "pq", None)
         if pq is not None:
             pq.cp.seed = seed
+        if hasattr(inner, "do_polysemous_training"):
+            # The factory turns polysemous training on for IVF..,PQm; search never uses it and
+            # it costs minutes per build on a few cores (tools/bench/index.py).
+            inner.do_polysemous_training = False
         if x.shape[0] < ivf.nlist:
             raise ValueError(
                 f"index {factory!r} needs at least {ivf.nlist} vectors to train its "
