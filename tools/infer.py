@@ -47,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                                  args.ground_truth, args.ablate_out, force=args.force)
             print(table)
             return 0
-        from accelerate import Accelerator
+        from simsearch.predict import make_accelerator, run_inference
 
-        from simsearch.predict import run_inference
-
-        accelerator = Accelerator(cpu=cfg.train.cpu)
+        accelerator = make_accelerator(cfg)
         ext = "csv" if cfg.infer.format == "csv" else "json"
         out = args.out or f"submissions/{cfg.run_name}.{ext}"
         meta = run_inference(cfg, args.checkpoint, args.query_dir, args.gallery_dir, out,

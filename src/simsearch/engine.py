@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -72,6 +73,9 @@ def build_accelerator(cfg: DictConfig) -> Accelerator:
         mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
     if mp not in ("no", "fp16", "bf16"):
         raise ValueError(f"train.mixed_precision: '{mp}' must be auto, no, fp16 or bf16")
+    # Accelerate keeps its settings in a process-wide singleton; a second run in the same
+    # process (tests, notebooks) with another precision must start from a clean one.
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum,
                        cpu=cfg.train.cpu)
 

@@ -142,6 +142,15 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
     return meta
 
 
+def make_accelerator(cfg: DictConfig):
+    """An Accelerator for inference (no mixed precision), whatever an earlier run set."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # process-wide singleton: see engine.build_accelerator
+    return Accelerator(cpu=cfg.train.cpu)
+
+
 def meta_path(out: str | Path) -> Path:
     out = Path(out)
     return out.with_name(out.stem + ".meta.json")
