@@ -7,8 +7,9 @@ a green border and misses a red one.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from simsearch.cli import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -34,11 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                               first_n=args.first_n, top_k=args.top_k, ground_truth=args.ground_truth,
                               thumb=args.thumb, force=args.force)
         print(f"grid: {out}")
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        if os.environ.get("SIMSEARCH_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     return 0
 
 

@@ -8,11 +8,11 @@ that built it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from simsearch.config import ConfigError, load
+from simsearch.cli import USER_ERRORS, user_error
+from simsearch.config import load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,11 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             manifest = add_to_index(args.index, args.images, checkpoint=args.checkpoint)
             print(f"index: {args.index} ({manifest['count']} images)")
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        if os.environ.get("SIMSEARCH_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     return 0
 
 

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from simsearch.config import ConfigError, load
+from simsearch.cli import USER_ERRORS, user_error
+from simsearch.config import load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -57,11 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                              accelerator=accelerator)
         if accelerator.is_main_process:
             print(f"submission: {out} ({meta['sizes']['queries']} queries, top {meta['sizes']['top_k']})")
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        if os.environ.get("SIMSEARCH_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     return 0
 
 

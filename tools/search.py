@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from simsearch.cli import USER_ERRORS, user_error
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -45,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             result_grid(args.query_image, hits, args.grid, thumb=args.thumb, force=args.force,
                         query_text=args.query_text)
             print(f"grid: {args.grid}")
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        if os.environ.get("SIMSEARCH_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     return 0
 
 

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from simsearch.config import ConfigError, load
+from simsearch.cli import USER_ERRORS, user_error
+from simsearch.config import load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,12 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         from simsearch.engine import fit
 
         result = fit(cfg, resume=args.resume)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        # Bad input: one clear line instead of a traceback (SIMSEARCH_DEBUG=1 shows it).
-        if os.environ.get("SIMSEARCH_DEBUG"):
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return user_error(exc)
     if result["is_main_process"]:
         print(f"run folder: {result['run_dir']}")
     return 0
