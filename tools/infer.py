@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                              accelerator=accelerator)
         if accelerator.is_main_process:
             print(f"submission: {out} ({meta['sizes']['queries']} queries, top {meta['sizes']['top_k']})")
+        accelerator.end_training()  # every rank leaves the process group together
     except USER_ERRORS as exc:
         return user_error(exc)
     return 0

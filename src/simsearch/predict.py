@@ -122,6 +122,7 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
     query = embed_folder(model, query_dir, cfg, accelerator, cfg.infer.tta_flip, scales, None, "queries")
     timings["embed_gallery_s"], timings["embed_queries_s"] = gallery.seconds, query.seconds
     if accelerator is not None and not accelerator.is_main_process:
+        accelerator.wait_for_everyone()  # rank 0 retrieves and writes; stay until it is done
         return {}
     leaks = check_leakage(query, gallery, train_dir if train_dir is not None else cfg.data.train_dir, strict)
     opts = RetrievalOptions.from_config(cfg.infer)
@@ -139,6 +140,8 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
             "leaks": leaks}
     write_json_atomic(meta_path(out), meta, force=True)
     log.info("wrote %s (%d queries) and %s", out, len(rankings), meta_path(out))
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return meta
 
 
