@@ -34,3 +34,13 @@ def make_class_folder(root: Path, n_classes: int = 6, per_class: int = 6, size: 
 @pytest.fixture()
 def image_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "train")
+
+
+def train_tiny_checkpoint(root: Path, n_classes: int) -> Path:
+    """One epoch of configs/tiny_test.yaml on a generated folder; returns the best/ checkpoint."""
+    from tools.train import main as train_main
+
+    train = make_class_folder(root / "train", n_classes=n_classes, per_class=6, seed=0)
+    assert train_main(["--config", str(CONFIGS / "tiny_test.yaml"), f"data.train_dir={train}",
+                       f"train.output_dir={root / 'runs'}", "train.epochs=1"]) == 0
+    return root / "runs" / "tiny_test" / "best"

@@ -10,9 +10,8 @@ from safetensors.torch import load_file, save_file
 from tools.grid import main as grid_main
 from tools.index import main as index_main
 from tools.search import main as search_main
-from tools.train import main as train_main
 
-from conftest import CONFIGS, make_class_folder
+from conftest import make_class_folder, train_tiny_checkpoint
 from simsearch.grid import GREEN, QUERY_BLUE, RED, grid_size, result_grid, submission_grid, tile_box
 from simsearch.index_store import (
     add_to_index,
@@ -24,18 +23,13 @@ from simsearch.index_store import (
     search_text,
 )
 
-TINY = str(CONFIGS / "tiny_test.yaml")
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A tiny trained OpenCLIP checkpoint, a nested catalogue of unseen images and its Flat index."""
     root = tmp_path_factory.mktemp("index")
-    train = make_class_folder(root / "train", n_classes=4, per_class=6, seed=0)
-    assert train_main(["--config", TINY, f"data.train_dir={train}", f"train.output_dir={root / 'runs'}",
-                       "train.epochs=1"]) == 0
+    ckpt = train_tiny_checkpoint(root, n_classes=4)
     catalog = make_class_folder(root / "catalog", n_classes=4, per_class=3, seed=5)
-    ckpt = root / "runs/tiny_test/best"
     assert index_main(["build", "--checkpoint", str(ckpt), "--images", str(catalog),
                        "--out", str(root / "idx"), "infer.tta_flip=false"]) == 0
     return {"root": root, "ckpt": ckpt, "catalog": catalog, "index": root / "idx"}

@@ -10,20 +10,15 @@ import numpy as np
 import pytest
 from tools.infer import main as infer_main
 from tools.score import main as score_main
-from tools.train import main as train_main
 
-from conftest import CONFIGS, REPO, make_class_folder
-
-TINY = str(CONFIGS / "tiny_test.yaml")
+from conftest import REPO, make_class_folder, train_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
 def competition(tmp_path_factory):
     """A trained tiny checkpoint plus a query/gallery split of unseen images with ground truth."""
     root = tmp_path_factory.mktemp("comp")
-    train = make_class_folder(root / "train", n_classes=6, per_class=6, seed=0)
-    assert train_main(["--config", TINY, f"data.train_dir={train}", f"train.output_dir={root / 'runs'}",
-                       "train.epochs=1"]) == 0
+    train_tiny_checkpoint(root, n_classes=6)
     test = make_class_folder(root / "testsrc", n_classes=6, per_class=4, seed=5)  # unseen images
     (root / "query").mkdir()
     (root / "gallery").mkdir()
