@@ -43,7 +43,7 @@ from . import __version__
 from .checkpoint import checkpoint_hash, load_model
 from .data import ImageDataset, build_transforms, is_image_file
 from .retrieval.embed import embed_dataset
-from .retrieval.index import as_float32_matrix, build_index, search
+from .retrieval.index import as_float32_matrix, build_index, resolve_factory, search
 
 __all__ = ["Hit", "LoadedIndex", "add_to_index", "build_index_dir", "clip_spec", "list_images",
            "load_clip", "load_index_dir", "require_text_search", "search_index", "search_text",
@@ -325,6 +325,7 @@ def build_index_dir(checkpoint: str | Path, images_dir: str | Path, out_dir: str
     keep = np.flatnonzero(ok)
     if keep.size == 0:
         raise ValueError(f"no readable image under {root}")
+    factory = resolve_factory(factory, int(keep.size))  # the manifest records what was built
     index = build_index(emb[keep], factory, ef_search=cfg.infer.ef_search, nprobe=cfg.infer.nprobe,
                         seed=cfg.seed)
     manifest = {"format_version": FORMAT_VERSION, "simsearch_version": __version__, "created": _now(),

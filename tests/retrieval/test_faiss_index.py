@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from simsearch.retrieval.index import build_index, search
+from simsearch.retrieval.index import build_index, ivf_nlist, recommend_index, resolve_factory, search
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -98,3 +98,27 @@ def test_bad_arrays() -> None:
         search(index, g[:, :4], 3)
     with pytest.raises(ValueError, match="k must be"):
         search(index, g, 0)
+
+
+@pytest.mark.parametrize("n,expected", [(1_000, "Flat"), (49_999, "Flat"), (50_000, "IVF1024,Flat"),
+                                        (100_000, "IVF1024,Flat"), (1_000_000, "IVF4096,Flat")])
+def test_auto_rule_by_gallery_size(n: int, expected: str) -> None:
+    # nlist: the power of two nearest 4 sqrt(n): 4 * 223.6 = 894 -> 1024; 4 * 1000 = 4000 -> 4096
+    assert recommend_index(n) == expected
+    assert resolve_factory("auto", n) == expected
+    assert resolve_factory("HNSW32", n) == "HNSW32"
+
+
+def test_ivf_nlist_keeps_39_points_per_list() -> None:
+    assert ivf_nlist(1_000) == 16  # nearest would be 128, but 1000 / 39 = 25.6 -> 16
+    assert all(n / ivf_nlist(n) >= 39 for n in (40, 500, 5_000, 60_000))
+
+
+def test_auto_builds_an_exact_index_on_a_small_gallery() -> None:
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((300, 8)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    index = build_index(g, "auto")
+    assert isinstance(faiss.downcast_index(index), faiss.IndexFlat)
+    scores, ids = search(index, g[:5], 1)
+    assert (ids[:, 0] == np.arange(5)).all()

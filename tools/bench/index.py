@@ -17,15 +17,14 @@ built with ``simsearch.retrieval.index.build_index`` and searched with its ``sea
 IVF lists: the power of two nearest 4 sqrt(N), at most N/39 (FAISS's points-per-centroid
 floor); PQ: min(64, dim/8) sub-quantisers of 8 bits, factory suffix ``np``: FAISS's factory
 otherwise adds polysemous training to IVF-PQ, which search never uses here (no Hamming
-threshold) and which took minutes per build on 2 cores. ``recommend_index`` is the default-index rule
-these measurements support; it is printed with, for each measured size, the index the
-measurements themselves pick.
+threshold) and which took minutes per build on 2 cores. ``simsearch.retrieval.index.recommend_index``
+(``infer.index: auto``) is the default-index rule these measurements support; it is printed with,
+for each measured size, the index the measurements themselves pick.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make `tools.bench` importable
 
 import numpy as np  # noqa: E402
 
+from simsearch.retrieval.index import FLAT_BELOW, ivf_nlist, recommend_index  # noqa: E402
 from tools.bench.common import (  # noqa: E402
     MIB,
     clustered_unit_vectors,
@@ -47,23 +47,12 @@ from tools.bench.common import (  # noqa: E402
     write_json,
 )
 
-__all__ = ["main", "recommend_index", "ivf_nlist", "recall_at_k"]
+__all__ = ["main", "recall_at_k"]
 
 CALTECH = Path("/work/shared/data/caltech101/test")
 EF_SEARCH = (16, 32, 64, 128, 256)
 NPROBE = (1, 4, 16, 64)
 GOAL_RECALL, GOAL_SPEEDUP = 0.95, 20.0
-
-#: Gallery size from which an ANN index replaces Flat as the default (see recommend_index).
-FLAT_BELOW = 50_000
-
-
-def ivf_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: power of two nearest 4 sqrt(n), at most n/39."""
-    nearest = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
-    cap = 2 ** math.floor(math.log2(max(n / 39, 1)))
-    return max(1, min(nearest, cap))
-
 
 def pq_m(dim: int) -> int:
     """PQ sub-quantisers: 8 dimensions each, at most 64 (64 bytes per vector)."""
@@ -71,26 +60,6 @@ def pq_m(dim: int) -> int:
     while dim % m:
         m -= 1
     return m
-
-
-def recommend_index(n: int) -> str:
-    """FAISS factory string of the default index for a gallery of ``n`` L2-normalised vectors.
-
-    Rule: an approximate index becomes the default only where one meets the issue's goal
-    (R@10 >= 0.95 at >= 20x Flat's batched QPS). Measured on 2 cores, dim 512, clustered data
-    (``python -m tools.bench.index``; figures in the README's Benchmarks section):
-
-    - at 10k no index met it and Flat answers a batch of queries in well under a millisecond
-      per query, so ``Flat`` below FLAT_BELOW = 50k (between the 10k and 100k measurements);
-    - at 100k and above ``IVF{nlist},Flat`` (nlist ~ 4 sqrt(N)) met it, and beat HNSW32 on build
-      time, memory and QPS at equal recall, also on harder data (5 vectors per centre, where
-      neither reached 0.95); with the config's nprobe (16) its R@10 stayed near 1;
-    - IVF-PQ stays an explicit choice for memory: far below 0.95 without a re-ranking stage, and
-      its codebook training takes minutes on 2 cores whatever the gallery size.
-    """
-    if n < FLAT_BELOW:
-        return "Flat"
-    return f"IVF{ivf_nlist(n)},Flat"
 
 
 def index_configs(n: int, dim: int) -> list[tuple[str, str, str | None, tuple[int, ...]]]:
@@ -254,7 +223,7 @@ def goal_lines(rows: list[dict]) -> list[str]:
 def rule_lines(rows: list[dict]) -> list[str]:
     """The rule, and for each measured size the index type the measurements pick: that of
     the fastest (batched) configuration meeting the goal, or Flat when none does."""
-    out = ["\nDefault-index rule (tools.bench.index.recommend_index):",
+    out = ["\nDefault-index rule (simsearch.retrieval.index.recommend_index, infer.index=auto):",
            f"- N < {FLAT_BELOW:,}: Flat; from {FLAT_BELOW:,}: IVF{{nlist}},Flat with nlist the "
            "power of two nearest 4 sqrt(N) (at most N/39), searched with the config's nprobe"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
