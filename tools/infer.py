@@ -1,8 +1,10 @@
 """Write a submission: ``[accelerate launch] tools/infer.py --checkpoint RUN/best --query-dir Q
---gallery-dir G [--config C] [--out submissions/NAME.json] [--force] [--strict] [key=value ...]``.
+--gallery-dir G [--config C] [--add-config E] [--out submissions/NAME.json] [--force] [--strict] [key=value ...]``.
 
 ``--ablate --ground-truth GT.json`` instead prints (and saves as markdown) the table of baseline,
-+TTA, +QE, +re-ranking and all, from embeddings extracted once.
++TTA, +QE, +re-ranking and all, from embeddings extracted once, plus a row for each switched-on
+enhancement (``--add-config configs/multicrop.yaml``, ``configs/coarse_to_fine.yaml``,
+``configs/text_fusion.yaml``, or ``infer.multicrop.enabled=true`` ...).
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True, help="a run's best/ or last/ folder")
     p.add_argument("--config", action="append", default=[],
                    help="experiment YAML(s); default: the checkpoint's own config.yaml")
+    p.add_argument("--add-config", action="append", default=[],
+                   help="YAML(s) layered on top of --config (or the checkpoint's config), "
+                        "e.g. configs/multicrop.yaml")
     p.add_argument("--query-dir", required=True, help="flat folder of query images")
     p.add_argument("--gallery-dir", required=True, help="flat folder of gallery images")
     p.add_argument("--out", default=None, help="submission path (default submissions/<run>.json)")
@@ -36,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        files = args.config or [Path(args.checkpoint) / "config.yaml"]
+        files = (args.config or [Path(args.checkpoint) / "config.yaml"]) + args.add_config
         cfg = load(files, args.overrides)
         if args.ablate:
             from simsearch.predict import run_ablation

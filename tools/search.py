@@ -1,8 +1,10 @@
 """Search an index: ``tools/search.py --index INDEX_DIR (--query-image PATH | --query-text TEXT)
-[--top-k 10] [--grid out.png] [--force]``.
+[--top-k 10] [--grid out.png] [--force] [--multicrop grid|yolo:WEIGHTS [--fusion rrf|max] [--max-crops 5]]``.
 
 Prints one line per result, best first: rank, score (cosine) and path. ``--grid`` also saves the
 query and its results as a PNG. Text search needs an index built from an OpenCLIP checkpoint.
+``--multicrop`` searches with the whole image and several crops of it (a centre crop and a 2x2
+grid, or a YOLO detector's boxes) and fuses the results; the score is then the fused score.
 """
 from __future__ import annotations
 
@@ -24,6 +26,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--thumb", type=int, default=128, help="grid tile size in pixels")
     p.add_argument("--force", action="store_true", help="overwrite an existing grid PNG")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder, if it moved since the build")
+    p.add_argument("--multicrop", default=None, metavar="DETECTOR",
+                   help="multi-crop query: grid, or yolo:PATH (ultralytics weights .pt or model .yaml)")
+    p.add_argument("--fusion", default="rrf", choices=("rrf", "max"), help="multi-crop fusion (default rrf)")
+    p.add_argument("--max-crops", type=int, default=5, help="multi-crop: crops searched, whole image included")
+    p.add_argument("--rrf-k", type=float, default=60.0, help="multi-crop: the k of reciprocal-rank fusion")
     return p.parse_args(argv)
 
 
@@ -37,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
         if args.grid and os.path.exists(args.grid) and not args.force:
             raise FileExistsError(f"{args.grid} already exists; pass --force to overwrite it")
-        if args.query_image is not None:
+        if args.multicrop is not None and args.query_image is None:
+            raise ValueError("--multicrop needs --query-image")
+        if args.multicrop is not None:
+            from simsearch.retrieval.multicrop import MultiCropOptions, search_index_multicrop
+
+            opts = MultiCropOptions.from_config({}, enabled=True, detector=args.multicrop, fusion=args.fusion,
+                                                max_crops=args.max_crops, rrf_k=args.rrf_k)
+            hits = search_index_multicrop(args.index, args.query_image, args.top_k, opts, args.checkpoint)
+        elif args.query_image is not None:
             hits = search_index(args.index, args.query_image, args.top_k, checkpoint=args.checkpoint)
         else:
             hits = search_text(args.index, args.query_text, args.top_k)

@@ -108,9 +108,16 @@ def checkpoint_hash(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_model(folder: str | Path, cfg: DictConfig | None = None):
-    """Rebuild the model from a checkpoint folder's own config and load its weights strictly."""
+def load_model(folder: str | Path, cfg: DictConfig | None = None, merge: bool = True):
+    """Rebuild the model from a checkpoint folder's own config and load its weights strictly.
+
+    A LoRA run's checkpoint holds the base weights and the adapters (so ``--resume`` continues
+    it); with ``merge`` (the default, for inference and export) the adapters are folded into the
+    weights and the model is a plain backbone again, with the same embeddings.
+    """
     from .models import build_model
+    from .models.lora import merge_lora
+    from .models.model import lora_enabled
 
     folder = Path(folder)
     weights = folder / "model.safetensors"
@@ -122,4 +129,7 @@ def load_model(folder: str | Path, cfg: DictConfig | None = None):
     model = build_model(build_cfg)
     model.load_state_dict(load_file(str(weights)), strict=True)
     logging.getLogger("simsearch.models").info("loaded checkpoint weights from %s", weights)
+    if merge and lora_enabled(cfg):
+        merge_lora(model)
+        logging.getLogger("simsearch.models").info("merged the LoRA adapters into the backbone weights")
     return model.eval(), cfg

@@ -27,20 +27,23 @@ from . import checkpoint as ckpt
 from .config import save as save_config
 from .data import (
     ImageDataset,
-    PKSampler,
     build_transforms,
-    collate_skip_bad,
     drop_small_classes,
     read_manifest,
     scan_class_folders,
     split_train_val,
     stratified_subsample,
 )
-from .losses import LossWrapper, build_loss, build_miner
+from .data.domains import check_domain_config
+from .data.sampler import EpochBatchSampler
+from .data.train_loader import build_train_loader
+from .losses import build_loss_wrapper, check_loss_config
 from .metrics import retrieval_metrics_from_embeddings
 from .models import EmbeddingModel, build_model
+from .models.model import count_parameters
 from .optim import build_optimizer, build_scheduler
 from .retrieval.embed import embed_dataset
+from .stages import Stage, apply_stage, describe_stage, parse_stages, stage_index
 
 __all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "seed_everything"]
 
@@ -114,19 +117,13 @@ def load_samples(cfg: DictConfig) -> tuple[list, list, list[str]]:
 
 
 def _loaders(cfg: DictConfig, model: EmbeddingModel, train: list, val: list,
-             accelerator: Accelerator) -> tuple[DataLoader, PKSampler, ImageDataset | None]:
+             accelerator: Accelerator) -> tuple[DataLoader, EpochBatchSampler, ImageDataset | None]:
     dc = model.data_config
     size = cfg.data.image_size or dc.input_size
-    t_train = build_transforms(size, dc.mean, dc.std, train=True, scale_min=cfg.data.train_scale_min,
-                               hflip=cfg.data.hflip, color_jitter=cfg.data.color_jitter)
+    # data.sampler (P-K or pairs) and data.domain_aug are decided in build_train_loader
+    loader, sampler = build_train_loader(cfg, train, size, dc.mean, dc.std, accelerator.num_processes,
+                                         accelerator.process_index, _worker_init)
     t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
-    sampler = PKSampler([s[1] for s in train], cfg.train.batch_p, cfg.train.batch_k, seed=cfg.seed,
-                        num_replicas=accelerator.num_processes, rank=accelerator.process_index,
-                        rounds=cfg.data.pk_rounds)
-    workers = cfg.data.num_workers
-    loader = DataLoader(ImageDataset(train, t_train), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=collate_skip_bad, worker_init_fn=_worker_init,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available())
     val_ds = ImageDataset(val, t_eval) if val else None
     return loader, sampler, val_ds
 
@@ -228,15 +225,17 @@ class Run:
     optimizer: Any
     scheduler: Any
     loader: DataLoader
-    sampler: PKSampler
+    sampler: EpochBatchSampler
     val_ds: ImageDataset | None
     state: TrainState = field(default_factory=TrainState)
     writer: Any = None
+    stages: list[Stage] = field(default_factory=list)
+    stage: int = -1  # the stage the optimizer and scheduler belong to
 
 
 def _train_state_dict(run: Run) -> dict:
     st = run.state
-    out = {"epoch": st.epoch, "step": st.step, "best": st.best, "bad_epochs": st.bad_epochs,
+    out = {"epoch": st.epoch, "step": st.step, "best": st.best, "bad_epochs": st.bad_epochs, "stage": run.stage,
            "skipped": list(st.skipped), "optimizer": run.optimizer.state_dict(),
            "scheduler": run.scheduler.state_dict(), "sampler": run.sampler.state_dict(),
            "rng": ckpt.rng_state()}
@@ -252,6 +251,8 @@ def _restore(run: Run) -> None:
     st = run.state
     st.epoch, st.step, st.best, st.bad_epochs = ts["epoch"], ts["step"], ts["best"], ts["bad_epochs"]
     st.skipped = list(ts["skipped"])
+    if ts.get("stage", 0) != run.stage:  # the saved optimizer belongs to that stage
+        _enter_stage(run, ts["stage"])
     run.optimizer.load_state_dict(ts["optimizer"])
     run.scheduler.load_state_dict(ts["scheduler"])
     run.sampler.load_state_dict(ts["sampler"])
@@ -271,6 +272,8 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 def _start(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     """Accelerator, run folder (never clobbering a finished run), resolved config, logging."""
+    check_loss_config(cfg)  # sampler, loss and data must fit together: fail before any work
+    check_domain_config(cfg.data)
     accelerator = build_accelerator(cfg)
     run_dir = run_dir_of(cfg)
     if accelerator.is_main_process:
@@ -292,19 +295,36 @@ def _prepare(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> Run:
     train, val, classes = load_samples(cfg)
     model = build_model(cfg)
     loader, sampler, val_ds = _loaders(cfg, model, train, val, accelerator)
-    loss_fn = LossWrapper(build_loss(cfg, len(classes), cfg.model.embed_dim), build_miner(cfg),
-                          cfg.train.miner_start_epoch)
-    # setup optimizer and schedule
-    optimizer = build_optimizer(model, loss_fn, cfg.train.lr, cfg.train.llrd, cfg.train.weight_decay)
-    steps_per_epoch = min(len(sampler), cfg.train.max_steps_per_epoch or 1 << 62)
-    total_steps = cfg.train.epochs * math.ceil(steps_per_epoch / cfg.train.grad_accum)
-    scheduler = build_scheduler(optimizer, total_steps, cfg.train.warmup_frac, cfg.train.lr, cfg.train.min_lr)
+    loss_fn = build_loss_wrapper(cfg, len(classes))
+    # setup optimizer and schedule (per stage of train.stages; one stage without them)
+    run = Run(cfg, accelerator, run_dir, model, loss_fn, None, None, loader, sampler, val_ds)
+    run.stages = parse_stages(cfg, model.backbone.num_layers)
+    _enter_stage(run, 0)
+    return run
+
+
+def _enter_stage(run: Run, index: int) -> None:
+    """Freeze per the stage, then a fresh AdamW and warm-up cosine schedule over its epochs."""
+    acc, cfg, stage = run.accelerator, run.cfg, run.stages[index]
+    model, loss_fn = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
+    if run.optimizer is not None:  # DDP must be rebuilt over the new set of trainable parameters
+        acc.free_memory()
+    apply_stage(model, stage)
+    optimizer = build_optimizer(model, loss_fn, stage.lr, cfg.train.llrd, cfg.train.weight_decay,
+                                backbone_lr=stage.backbone_lr)
+    steps_per_epoch = min(len(run.sampler), cfg.train.max_steps_per_epoch or 1 << 62)
+    total_steps = stage.epochs * math.ceil(steps_per_epoch / cfg.train.grad_accum)
+    run.scheduler = build_scheduler(optimizer, total_steps, cfg.train.warmup_frac, stage.lr, cfg.train.min_lr)
     if any(p.requires_grad for p in loss_fn.parameters()):  # ArcFace: its centres sync like weights
-        model, optimizer, loss_fn = accelerator.prepare(model, optimizer, loss_fn)
+        run.model, run.optimizer, run.loss_fn = acc.prepare(model, optimizer, loss_fn)
     else:
-        model, optimizer = accelerator.prepare(model, optimizer)
-        loss_fn = loss_fn.to(accelerator.device)
-    return Run(cfg, accelerator, run_dir, model, loss_fn, optimizer, scheduler, loader, sampler, val_ds)
+        run.model, run.optimizer = acc.prepare(model, optimizer)
+        run.loss_fn = loss_fn.to(acc.device)
+    run.stage = index
+    trainable, total = count_parameters(model)
+    if len(run.stages) > 1:
+        log.info("stage %d/%d, %s", index + 1, len(run.stages), describe_stage(stage, model.backbone.num_layers))
+    log.info("parameters: %s trainable of %s", f"{trainable:,}", f"{total:,}")
 
 
 def _baseline(run: Run) -> None:
@@ -322,6 +342,8 @@ def _baseline(run: Run) -> None:
 def _epoch(run: Run) -> tuple[dict[str, Any], bool]:
     """Train one epoch, validate, checkpoint; returns the metrics row and whether it is best."""
     st, unwrap = run.state, run.accelerator.unwrap_model
+    if stage_index(run.stages, st.epoch) != run.stage:
+        _enter_stage(run, stage_index(run.stages, st.epoch))
     run.sampler.set_epoch(st.epoch)
     _reseed_main_process_transform(run.loader)
     unwrap(run.loss_fn).set_epoch(st.epoch)
@@ -413,7 +435,8 @@ def _save_epoch(run: Run, row: dict[str, Any], improved: bool) -> None:
                     run.writer.add_scalar(f"val/{k}", row[k], st.step)
         net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
         meta = {"epoch": row["epoch"], "step": st.step,
-                "metrics": {k: row[k] for k in ("r1", "r5", "map", "loss") if k in row}}
+                "metrics": {k: row[k] for k in ("r1", "r5", "map", "loss") if k in row},
+                "parameters": dict(zip(("trainable", "total"), count_parameters(net)))}
         ckpt.save_checkpoint(run.run_dir / "last", net, lossm, run.cfg, meta, _train_state_dict(run))
         if improved:
             ckpt.save_checkpoint(run.run_dir / "best", net, lossm, run.cfg, meta)

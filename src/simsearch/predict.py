@@ -18,10 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 from . import __version__
 from .checkpoint import checkpoint_hash, git_sha, load_model
 from .data import FlatImageDataset, build_transforms, scan_class_folders
+from .enhancements import (
+    CropEmbeddings,
+    Enhancements,
+    embed_query_crops,
+    multicrop_options,
+    prepare_enhancements,
+    search_enhanced,
+    validate_enhancements,
+)
 from .leakage import find_leaks
 from .retrieval.cache import cache_key, load_cached, save_cached
 from .retrieval.embed import embed_dataset
-from .retrieval.pipeline import RetrievalOptions, retrieve
+from .retrieval.pipeline import RetrievalOptions
 from .submission import write_json_atomic, write_submission
 
 __all__ = ["EmbeddedFolder", "embed_folder", "check_leakage", "rankings_from_ids", "run_inference"]
@@ -94,23 +103,26 @@ def rankings_from_ids(query: EmbeddedFolder, gallery: EmbeddedFolder, ids: np.nd
 
 
 def search_readable(query: EmbeddedFolder, gallery: EmbeddedFolder, opts: RetrievalOptions,
-                    timings: dict[str, float] | None = None) -> np.ndarray:
-    """retrieve() over the readable queries and gallery images only."""
-    if not gallery.ok.any():
-        raise ValueError(f"no readable image in the gallery folder {gallery.folder}")
-    ids, _ = retrieve(query.emb[query.ok], gallery.emb[gallery.ok], opts, timings)
-    return ids
+                    timings: dict[str, float] | None = None, enh: Enhancements | None = None,
+                    crops: CropEmbeddings | None = None) -> np.ndarray:
+    """retrieve() over the readable queries and gallery images only, with the optional stages."""
+    return search_enhanced(query, gallery, opts, enh, crops, timings)[0]
 
 
 def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
                   out: str | Path, force: bool = False, strict: bool = False, train_dir: str | None = None,
-                  accelerator=None) -> dict[str, Any]:
-    """The whole ``tools/infer.py`` job; returns the meta that is written beside the submission."""
+                  accelerator=None, captioner=None) -> dict[str, Any]:
+    """The whole ``tools/infer.py`` job; returns the meta that is written beside the submission.
+
+    ``captioner``: a callable PIL images -> captions for text fusion, instead of loading
+    ``infer.text.captioner`` (tests inject one).
+    """
     timings: dict[str, float] = {}
     out = Path(out)
     for path in (out, meta_path(out)):
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+    validate_enhancements(cfg)
     t = time.perf_counter()
     model, _ = load_model(checkpoint)
     model.to(accelerator.device if accelerator is not None else "cpu")
@@ -121,12 +133,18 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
     gallery = embed_folder(model, gallery_dir, cfg, accelerator, cfg.infer.tta_flip, scales, cache, "gallery")
     query = embed_folder(model, query_dir, cfg, accelerator, cfg.infer.tta_flip, scales, None, "queries")
     timings["embed_gallery_s"], timings["embed_queries_s"] = gallery.seconds, query.seconds
+    crops, mc = None, multicrop_options(cfg)
+    if mc is not None:  # every rank embeds its share of the crops
+        crops = embed_query_crops(model, query, cfg, mc, None, accelerator, cfg.infer.tta_flip, scales)
+        timings["embed_query_crops_s"] = crops.seconds
     if accelerator is not None and not accelerator.is_main_process:
         accelerator.wait_for_everyone()  # rank 0 retrieves and writes; stay until it is done
         return {}
     leaks = check_leakage(query, gallery, train_dir if train_dir is not None else cfg.data.train_dir, strict)
     opts = RetrievalOptions.from_config(cfg.infer)
-    ids = search_readable(query, gallery, opts, timings)
+    enh = prepare_enhancements(cfg, query, gallery, device=model_device(model), captioner=captioner)
+    timings.update(enh.seconds)
+    ids = search_readable(query, gallery, opts, timings, enh, crops)
     rankings = rankings_from_ids(query, gallery, ids)
     write_submission(out, rankings, fmt=cfg.infer.format, force=force)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(checkpoint),
@@ -136,13 +154,17 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
             "sizes": {"queries": len(query.names), "gallery": len(gallery.names),
                       "unreadable_queries": int((~query.ok).sum()),
                       "unreadable_gallery": int((~gallery.ok).sum()), "dim": int(query.emb.shape[1]),
-                      "top_k": int(ids.shape[1])},
-            "leaks": leaks}
+                      "top_k": int(ids.shape[1]), "query_crops": int(len(crops.owner)) if crops else None},
+            "enhancements": {"multicrop": asdict(mc) if mc else None, **enh.describe()}, "leaks": leaks}
     write_json_atomic(meta_path(out), meta, force=True)
     log.info("wrote %s (%d queries) and %s", out, len(rankings), meta_path(out))
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return meta
+
+
+def model_device(model) -> Any:
+    return next(model.parameters()).device
 
 
 def make_accelerator(cfg: DictConfig):
@@ -160,11 +182,19 @@ def meta_path(out: str | Path) -> Path:
 
 
 def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
-                 ground_truth: str | Path, out_md: str | Path | None = None, force: bool = False) -> str:
-    """Extract plain and flip-TTA embeddings once each, then score every retrieval variant."""
+                 ground_truth: str | Path, out_md: str | Path | None = None, force: bool = False,
+                 captioner=None) -> str:
+    """Extract plain and flip-TTA embeddings once each, then score every retrieval variant.
+
+    Switched-on enhancements add rows: their crops (plain and TTA), the second model's embeddings
+    of every query and gallery image (plain) and the texts are also made once, before the rows.
+    """
     from .ablation import ablation_markdown, ablation_rows
     from .submission import read_ground_truth, write_bytes_atomic
 
+    if out_md and Path(out_md).exists() and not force:
+        raise FileExistsError(f"{out_md} already exists; pass --force to overwrite it")
+    validate_enhancements(cfg)
     gt = read_ground_truth(ground_truth)
     model, _ = load_model(checkpoint)
     scales = tuple(cfg.infer.tta_scales)
@@ -173,7 +203,15 @@ def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path,
              "gallery": embed_folder(model, gallery_dir, cfg, None, False, (1.0,), None, "gallery")}
     tta = {"query": embed_folder(model, query_dir, cfg, None, True, scales, None, "queries+TTA"),
            "gallery": embed_folder(model, gallery_dir, cfg, None, True, scales, None, "gallery+TTA")}
-    rows = ablation_rows(plain, tta, gt, RetrievalOptions.from_config(cfg.infer))
+    crops, mc = None, multicrop_options(cfg)
+    if mc is not None:
+        crops = {"plain": embed_query_crops(model, plain["query"], cfg, mc),
+                 "tta": embed_query_crops(model, tta["query"], cfg, mc, tta_flip=True, scales=scales)}
+    enh = prepare_enhancements(cfg, plain["query"], plain["gallery"], second_tta=False, captioner=captioner)
+    if enh.second is not None:  # its load time plus the extraction of every query and gallery image
+        enh.second.embed([str(f.folder / n) for f in plain.values() for n in f.names])
+        enh.seconds["second_embed_s"] = enh.second.seconds
+    rows = ablation_rows(plain, tta, gt, RetrievalOptions.from_config(cfg.infer), enh, crops)
     table = ablation_markdown(rows, f"{cfg.run_name}: {Path(checkpoint)} on {Path(query_dir).parent}")
     if out_md:
         write_bytes_atomic(out_md, table.encode(), force=force)

@@ -95,6 +95,21 @@ def scan_class_folders(root: PathLike) -> tuple[list[Sample], list[str]]:
     return samples, class_names
 
 
+def resolve_manifest_path(csv_path: PathLike, rel: str) -> str:
+    """A manifest's image path as a file path: relative paths are relative to the CSV's folder."""
+    return rel if os.path.isabs(rel) else str(Path(csv_path).parent / rel)
+
+
+def manifest_columns(csv_path: PathLike) -> list[str]:
+    """The column names of a CSV manifest's header (for startup checks that read no rows)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        header = next(csv.reader(fh), [])
+    return [c.strip() for c in header]
+
+
 def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
     """Read a CSV with ``path`` and ``label`` columns (labels are class names, any string).
 
@@ -105,7 +120,6 @@ def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
-    base = csv_path.parent
     rows: list[tuple[str, str]] = []
     missing: list[str] = []
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
@@ -122,7 +136,7 @@ def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
             if not rel or not label:
                 field = "path" if not rel else "label"
                 raise ValueError(f"{csv_path}: line {line}: empty '{field}'")
-            full = rel if os.path.isabs(rel) else str(base / rel)
+            full = resolve_manifest_path(csv_path, rel)
             if not os.path.isfile(full):
                 missing.append(f"line {line}: {full}")
             rows.append((full, label))
@@ -283,12 +297,29 @@ class ImageDataset(Dataset):
     tensor of a fixed size (needed to stack a batch). Unreadable files are logged once
     per process and returned as :class:`BadSample`, so always batch this dataset with
     ``collate_fn=collate_skip_bad``.
+
+    With ``domains`` (one name per sample) ``transform`` is a
+    :class:`~simsearch.data.transforms.DomainTransforms` and each image goes through the
+    pipeline of its own domain (strong for street photos, light for shop photos).
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], transform: Transform | None = None):
+    def __init__(self, samples: Sequence[tuple[str, int]], transform: Transform | None = None,
+                 domains: Sequence[str] | None = None):
         self.samples = [Sample(str(p), int(label)) for p, label in samples]
         self.transform: Transform = transform if transform is not None else to_float_tensor
+        self.domains = None if domains is None else list(domains)
+        if self.domains is not None:
+            if len(self.domains) != len(self.samples):
+                raise ValueError(f"{len(self.domains)} domains for {len(self.samples)} samples")
+            if not hasattr(self.transform, "pick"):
+                raise ValueError("per-sample domains need a DomainTransforms transform")
         self._warned: set[int] = set()
+
+    def transform_for(self, index: int) -> Transform:
+        """The pipeline sample ``index`` goes through (its domain's, with domains)."""
+        if self.domains is None:
+            return self.transform
+        return self.transform.pick(self.domains[index])  # type: ignore[attr-defined]
 
     @property
     def paths(self) -> list[str]:
@@ -312,7 +343,7 @@ class ImageDataset(Dataset):
                 self._warned.add(index)
                 logger.warning("skipping unreadable image %s: %s", path, exc.reason)
             return BadSample(index, path, exc.reason)
-        return self.transform(np.array(image)), label, index
+        return self.transform_for(index)(np.array(image)), label, index
 
 
 class FlatImageDataset(ImageDataset):
@@ -357,6 +388,24 @@ def collate_skip_bad(batch: Sequence[tuple[torch.Tensor, int, int] | BadSample |
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     indices = torch.tensor([item[2] for item in good], dtype=torch.long)
     return images, labels, indices, bad
+
+
+def collate_pairs_skip_bad(batch: Sequence[tuple[torch.Tensor, int, int] | BadSample | None]) -> Batch:
+    """collate_skip_bad for pair batches: an unreadable image drops its whole pair.
+
+    The pair sampler puts pair i at positions (2i, 2i+1) and the pair losses read pairs
+    from those positions, so dropping one image alone would pair up the wrong images.
+    ``bad_indices`` still lists only the unreadable images (the partners are fine).
+    """
+    if len(batch) % 2:
+        raise ValueError(f"a pair batch needs an even number of items, got {len(batch)}")
+    kept: list = []
+    for a, b in zip(batch[0::2], batch[1::2], strict=True):
+        if isinstance(a, BadSample) or isinstance(b, BadSample) or a is None or b is None:
+            kept += [x for x in (a, b) if isinstance(x, BadSample)]
+        else:
+            kept += [a, b]
+    return collate_skip_bad(kept)
 
 
 class SkippedImages:

@@ -2,10 +2,15 @@
 
 Mean and std are always passed in: they belong to the backbone (CLIP and ImageNet
 models differ), so a default here would silently mismatch some backbone.
+
+Domain augmentation (street photo against shop photo, as in Street2Shop or DeepFashion's
+consumer-to-shop): query-domain images get a strong pipeline (crop, affine, perspective,
+blur, colour), gallery-domain images a light one (colour jitter and flip on the eval
+geometry), chosen per image by the dataset through :class:`DomainTransforms`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 # No explicit `import simsearch` needed: the package __init__ (which sets
 # NO_ALBUMENTATIONS_UPDATE) always runs before this submodule.
@@ -63,29 +68,117 @@ def build_transforms(
     the centre, as the backbones were pretrained. Downscaling uses area interpolation
     (no aliasing on large photos), upscaling bicubic.
     """
+    _check_size_mean_std(image_size, mean, std)
+    if train:
+        steps = [_random_crop(image_size, scale_min), *_flip_and_jitter(hflip, color_jitter)]
+    else:
+        steps = _eval_geometry(image_size, resize_ratio)
+    return _finish(steps, mean, std)
+
+
+_RESIZE = {"interpolation": cv2.INTER_CUBIC, "area_for_downscale": "image"}
+
+
+def _check_size_mean_std(image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise ValueError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
+
+
+def _random_crop(image_size: int, scale_min: float) -> A.BasicTransform:
+    if not 0.0 < scale_min <= 1.0:
+        raise ValueError(f"train_scale_min must be in (0, 1], got {scale_min}")
+    return A.RandomResizedCrop(size=(image_size, image_size), scale=(scale_min, 1.0), **_RESIZE)
+
+
+def _eval_geometry(image_size: int, resize_ratio: float) -> list[A.BasicTransform]:
+    if resize_ratio < 1.0:
+        raise ValueError(f"eval_resize_ratio must be >= 1, got {resize_ratio}")
+    return [A.SmallestMaxSize(max_size=round(image_size * resize_ratio), **_RESIZE),
+            A.CenterCrop(height=image_size, width=image_size)]
+
+
+def _flip_and_jitter(hflip: float, color_jitter: float) -> list[A.BasicTransform]:
+    steps: list[A.BasicTransform] = []
+    if hflip > 0:
+        steps.append(A.HorizontalFlip(p=hflip))
+    if color_jitter > 0:
+        steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                                   saturation=color_jitter, hue=min(0.05, color_jitter / 4), p=0.8))
+    return steps
+
+
+def _finish(steps: list[A.BasicTransform], mean: Sequence[float], std: Sequence[float]) -> ImageTransform:
     normalize = A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0)
-    resize = {"interpolation": cv2.INTER_CUBIC, "area_for_downscale": "image"}
-    if train:
-        if not 0.0 < scale_min <= 1.0:
-            raise ValueError(f"train_scale_min must be in (0, 1], got {scale_min}")
-        steps: list[A.BasicTransform] = [
-            A.RandomResizedCrop(size=(image_size, image_size), scale=(scale_min, 1.0), **resize),
-        ]
-        if hflip > 0:
-            steps.append(A.HorizontalFlip(p=hflip))
-        if color_jitter > 0:
-            steps.append(A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
-                                       saturation=color_jitter, hue=min(0.05, color_jitter / 4),
-                                       p=0.8))
-    else:
-        if resize_ratio < 1.0:
-            raise ValueError(f"eval_resize_ratio must be >= 1, got {resize_ratio}")
-        steps = [
-            A.SmallestMaxSize(max_size=round(image_size * resize_ratio), **resize),
-            A.CenterCrop(height=image_size, width=image_size),
-        ]
     return ImageTransform(A.Compose([*steps, normalize, ToTensorV2()]))
+
+
+# --------------------------------------------------------------------------- domain augmentation
+
+QUERY, GALLERY = "query", "gallery"
+
+
+class DomainTransforms:
+    """One pipeline per domain; the dataset asks for the pipeline of each sample's domain.
+
+    Reseeding reaches every pipeline (each with its own derived seed), so the engine's
+    per-epoch reseed and the workers' reseed work as for a single ImageTransform.
+    """
+
+    def __init__(self, by_domain: Mapping[str, ImageTransform]) -> None:
+        self.by_domain = dict(by_domain)
+
+    def pick(self, domain: str) -> ImageTransform:
+        if domain not in self.by_domain:
+            raise KeyError(f"no transform for domain '{domain}' (have: {', '.join(self.by_domain)})")
+        return self.by_domain[domain]
+
+    def set_random_seed(self, seed: int) -> None:
+        for i, name in enumerate(sorted(self.by_domain)):
+            self.by_domain[name].set_random_seed(int(seed) + 7919 * i)
+
+    def __repr__(self) -> str:
+        return f"DomainTransforms({self.by_domain!r})"
+
+
+def build_query_domain_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], scale_min: float = 0.5,
+    hflip: float = 0.5, color_jitter: float = 0.2, blur_p: float = 0.5, affine_p: float = 0.7,
+    perspective_p: float = 0.5,
+) -> ImageTransform:
+    """Strong pipeline for street-like photos: crop, flip, affine, perspective, blur, colour.
+
+    Street photos are taken at an angle, off-centre, often out of focus; warping and
+    blurring the training queries teaches the model to match them to clean shop shots.
+    """
+    _check_size_mean_std(image_size, mean, std)
+    for key, p in (("query_blur_p", blur_p), ("query_affine_p", affine_p),
+                   ("query_perspective_p", perspective_p)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"data.{key} must be a probability in [0, 1], got {p}")
+    steps: list[A.BasicTransform] = [_random_crop(image_size, scale_min)]
+    steps += _flip_and_jitter(hflip, 0.0)
+    steps += [
+        A.Affine(rotate=(-15, 15), scale=(0.85, 1.15), translate_percent=(-0.08, 0.08),
+                 shear=(-8, 8), border_mode=cv2.BORDER_REFLECT_101, p=affine_p),
+        A.Perspective(scale=(0.05, 0.12), border_mode=cv2.BORDER_REFLECT_101, p=perspective_p),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 7), sigma_limit=(0.5, 2.0)),
+                 A.MotionBlur(blur_limit=(3, 7))], p=blur_p),
+    ]
+    steps += _flip_and_jitter(0.0, color_jitter)
+    return _finish(steps, mean, std)
+
+
+def build_gallery_domain_transform(
+    image_size: int, mean: Sequence[float], std: Sequence[float], hflip: float = 0.5,
+    color_jitter: float = 0.2, resize_ratio: float = 1.14,
+) -> ImageTransform:
+    """Light pipeline for shop photos: the eval geometry, then only flip and colour jitter.
+
+    Shop photos are clean and centred, as the gallery will be at test time; cropping or
+    warping them would teach invariances the gallery never needs.
+    """
+    _check_size_mean_std(image_size, mean, std)
+    return _finish([*_eval_geometry(image_size, resize_ratio), *_flip_and_jitter(hflip, color_jitter)],
+                   mean, std)

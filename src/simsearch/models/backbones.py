@@ -1,4 +1,4 @@
-"""Backbone factory: ``open_clip:NAME[:TAG]`` and ``timm:NAME``.
+"""Backbone factory: ``open_clip:NAME[:TAG]``, ``timm:NAME`` and ``vae:PATH_OR_HUB_ID`` (models/vae.py).
 
 Each backbone returns spatial features (CNN maps (B,C,H,W) or ViT patch tokens (B,N,C), the CLS
 token dropped) or, for ``cls`` pooling, one vector per image. It also carries its own data config
@@ -57,10 +57,12 @@ class Backbone(nn.Module):
 def parse_backbone_name(spec: str) -> tuple[str, str, str | None]:
     """``open_clip:ViT-L-14:openai`` -> ('open_clip', 'ViT-L-14', 'openai')."""
     parts = spec.split(":")
-    if len(parts) < 2 or parts[0] not in ("open_clip", "timm") or not parts[1]:
+    if len(parts) < 2 or parts[0] not in ("open_clip", "timm", "vae") or not parts[1]:
         raise ValueError(
-            f"model.backbone: '{spec}' must be open_clip:NAME[:TAG] or timm:NAME "
-            "(for example open_clip:ViT-L-14:openai or timm:tf_efficientnet_lite0)")
+            f"model.backbone: '{spec}' must be open_clip:NAME[:TAG], timm:NAME or vae:PATH_OR_HUB_ID "
+            "(for example open_clip:ViT-L-14:openai, timm:tf_efficientnet_lite0 or vae:tiny)")
+    if parts[0] == "vae":  # a path may hold ':' itself
+        return "vae", ":".join(parts[1:]), None
     if parts[0] == "timm" and len(parts) > 2:
         raise ValueError(f"model.backbone: '{spec}': timm names take no tag; use model.pretrained")
     return parts[0], parts[1], (":".join(parts[2:]) or None)
@@ -227,6 +229,10 @@ def _resolve_pretrained(kind: str, tag: str | None, pretrained: Any) -> Any:
 def create_backbone(spec: str, pretrained: Any = "default") -> Backbone:
     """Build the backbone a config names; ``pretrained=None`` gives random init (tests)."""
     kind, name, tag = parse_backbone_name(spec)
+    if kind == "vae":  # weights come from the VAE's own folder / hub id (model.pretrained: default or null)
+        from .vae import VaeBackbone
+
+        return VaeBackbone(name, pretrained, spec)
     weights = _resolve_pretrained(kind, tag, pretrained)
     log.info("backbone %s, weights: %s", spec, weights or "none (random init, or a checkpoint loads them next)")
     if kind == "open_clip":

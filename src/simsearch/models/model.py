@@ -1,15 +1,20 @@
 """The embedding model: backbone -> pooling -> head -> unit-norm embedding."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .backbones import Backbone, create_backbone
 from .head import EmbeddingHead
+from .lora import apply_lora
 from .pooling import build_pooling
 
-__all__ = ["EmbeddingModel", "build_model"]
+__all__ = ["EmbeddingModel", "build_model", "count_parameters", "lora_enabled"]
+
+log = logging.getLogger("simsearch.models")
 
 
 class EmbeddingModel(nn.Module):
@@ -35,6 +40,17 @@ class EmbeddingModel(nn.Module):
             pooled = self.pool(self.backbone.forward_features(images))
         return self.head(pooled)
 
+    def train(self, mode: bool = True) -> "EmbeddingModel":
+        """As nn.Module.train, but BatchNorm layers whose weights are frozen (a head-only stage,
+        LoRA) stay in eval mode: their running statistics are part of the frozen backbone."""
+        super().train(mode)
+        if mode:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and \
+                        not any(p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
+
     def layer_id(self, param_name: str) -> int:
         """LLRD depth of a parameter; pooling and head sit above the backbone (base LR)."""
         if param_name.startswith("backbone."):
@@ -42,10 +58,27 @@ class EmbeddingModel(nn.Module):
         return self.backbone.num_layers + 1
 
 
+def lora_enabled(cfg: DictConfig) -> bool:
+    """``model.lora.enabled``; False for configs saved before the key existed."""
+    return bool(OmegaConf.select(cfg, "model.lora.enabled", default=False))
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, as reported in train.log and the checkpoint's meta.json."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def build_model(cfg: DictConfig) -> EmbeddingModel:
-    """Build from the ``model`` section of a config."""
+    """Build from the ``model`` section of a config (with LoRA adapters when ``model.lora.enabled``)."""
     m = cfg.model
     backbone = create_backbone(m.backbone, m.pretrained)
+    if lora_enabled(cfg):
+        s = apply_lora(backbone, m.lora)
+        log.info("LoRA rank %d, alpha %g on %s of %d block(s); the rest of the backbone is frozen",
+                 s.rank, s.alpha, "/".join(s.targets), len(s.blocks))
+        if hasattr(backbone, "_layer_groups"):  # timm: LLRD groups again, over the adapter names
+            backbone._groups = backbone._layer_groups()
     if m.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
     return EmbeddingModel(backbone, m.pooling, m.gem_p, m.gem_learnable, m.embed_dim, m.dropout)
