@@ -77,6 +77,18 @@ def test_write_json_atomic(tmp_path: Path) -> None:
         write_json_atomic(path, {})
 
 
+def test_atomic_write_gives_the_file_the_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "a.json", {})
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+        os.umask(0o077)
+        path = write_json_atomic(tmp_path / "b.json", {})
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
 def test_write_rejects_bad_rankings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'q1'.*list"):
         write_submission(tmp_path / "s.json", {"q1": "g1"})

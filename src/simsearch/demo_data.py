@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
+from .fs import swap_into_place
+
 __all__ = ["PHOTOS", "build_demo_competition", "skimage_data_dir"]
 
 # Real photographs only. Left out: synthetic images (chessboard, phantom, logo, text, color
@@ -279,17 +281,6 @@ def _check_target(out: Path, force: bool) -> None:
         raise FileExistsError(f"{out} exists and is not empty (pass force=True to replace it)")
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished build onto ``out``; an old ``out`` is moved aside first, then deleted."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: int = 6,
                            crop_grid: int = 2, force: bool = False) -> dict:
     """Build the competition under ``out_dir`` (via a temporary sibling, renamed at the end).
@@ -319,7 +310,7 @@ def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: i
         disk_mb = sum(len(v) for vs in views for v in vs) / 1e6
         (tmp / "README.md").write_text(_readme(counts, seed, views_per_item, crop_grid, skipped, disk_mb))
         tmp.chmod(0o755)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

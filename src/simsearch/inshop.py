@@ -26,6 +26,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from .fs import swap_into_place
+
 __all__ = ["InShopRow", "build_inshop", "find_partition_file", "flat_name", "read_partition"]
 
 log = logging.getLogger("simsearch.inshop")
@@ -114,17 +116,6 @@ def _place(src: Path, dst: Path, copy: bool) -> None:
         os.symlink(src.resolve(), dst)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished build onto ``out``; an old ``out`` is moved aside first, then deleted."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def build_inshop(root: str | Path, out_dir: str | Path, copy: bool = False, force: bool = False,
                  partition: str | Path | None = None) -> dict[str, int]:
     """Write the competition layout under ``out_dir`` (built beside it, renamed in); returns counts.
@@ -170,7 +161,7 @@ def build_inshop(root: str | Path, out_dir: str | Path, copy: bool = False, forc
             (tmp / "test" / sub).mkdir(parents=True, exist_ok=True)
         (tmp / "test" / "ground_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
         tmp.chmod(0o755)
-        _swap_into_place(tmp, out)
+        swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

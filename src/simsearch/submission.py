@@ -53,7 +53,10 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, force: bool = False
         raise FileExistsError(f"{target} already exists; pass --force (force=True) to overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -8,7 +8,7 @@ from tools.infer import main as infer_main
 
 from conftest import CONFIGS, make_class_folder
 from simsearch.checkpoint import load_model
-from simsearch.compare import Competition, recommend, subset_competition
+from simsearch.compare import Competition, parse_approach, recommend, subset_competition
 from simsearch.metrics import score_rankings
 from simsearch.submission import read_ground_truth, read_submission
 
@@ -53,6 +53,7 @@ def test_compare_trains_two_tiny_approaches_and_scores_them_like_score_py(tmp_pa
     rows = _table_rows(md)
     assert [r[0] for r in rows] == ["tiny_test", "tiny_test-2"]
     assert rows[0][1] == "`open_clip:ViT-Tiny-Test`" and rows[1][1] == "`timm:test_efficientnet`"
+    assert rows[0][2] == "32" and rows[1][2] == "32"
     assert "random init: wiring only" in rows[0][-1] and "model.backbone=timm:test_efficientnet" in rows[1][-1]
     # the oracle: the same checkpoint through tools/infer.py (plain protocol) and the scorer
     gt = read_ground_truth(data / "test" / "ground_truth.json")
@@ -63,14 +64,14 @@ def test_compare_trains_two_tiny_approaches_and_scores_them_like_score_py(tmp_pa
                            "infer.tta_flip=false", "infer.rerank=false", "infer.qe=none", "infer.top_k=all",
                            "infer.cache_dir=null"]) == 0
         m = score_rankings(read_submission(sub), gt, ks=(1, 5))
-        assert [float(x) for x in row[3:7]] == pytest.approx([m["r1"], m["r5"], m["p5"], m["map"]], abs=1e-4)
+        assert [float(x) for x in row[4:8]] == pytest.approx([m["r1"], m["r5"], m["p5"], m["map"]], abs=1e-4)
         with open(work / run / "metrics.csv") as f:
             seconds = sum(float(r["seconds"]) for r in csv.DictReader(f) if int(r["epoch"]) >= 0)
-        assert float(row[7]) == pytest.approx(seconds, abs=0.5)
+        assert float(row[8]) == pytest.approx(seconds, abs=0.5)
         model, _ = load_model(work / run / "best")
         total = sum(p.numel() for p in model.parameters())
-        assert row[10] == (f"{total / 1e6:.2f} M" if total >= 10_000 else f"{total:,}")
-        assert row[11] == "16"
+        assert row[11] == (f"{total / 1e6:.2f} M" if total >= 10_000 else f"{total:,}")
+        assert row[12] == "16"
     assert "When to choose which." in md and "python tools/compare.py --configs" in md
     # never overwrite silently; --runs evaluates a finished run without training
     assert compare_main(args) == 2
@@ -78,7 +79,7 @@ def test_compare_trains_two_tiny_approaches_and_scores_them_like_score_py(tmp_pa
     assert compare_main(["--runs", str(work / "tiny_test"), "--data", str(data), "--out", str(out),
                          "--force"]) == 0
     again = _table_rows(out.read_text())
-    assert len(again) == 1 and again[0][3:7] == rows[0][3:7]
+    assert len(again) == 1 and again[0][4:8] == rows[0][4:8]
 
 
 def test_reuse_takes_a_finished_run_instead_of_refusing(tmp_path, capsys):
@@ -89,12 +90,13 @@ def test_reuse_takes_a_finished_run_instead_of_refusing(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert compare_main([*base, "--out", str(tmp_path / "b.md"), "--reuse"]) == 0
     a, b = _table_rows((tmp_path / "a.md").read_text()), _table_rows((tmp_path / "b.md").read_text())
-    assert [r[:8] for r in a] == [r[:8] for r in b]  # same run, same scores and training time (img/s varies)
+    assert [r[:9] for r in a] == [r[:9] for r in b]  # same run, same scores and training time (img/s varies)
 
 
-def _row(name, map_, r1, ips, trainable, total=1000, train_s=10.0, random_init=False):
+def _row(name, map_, r1, ips, trainable, total=1000, train_s=10.0, random_init=False, backbone=None):
     return {"approach": name, "map": map_, "r1": r1, "images_per_s": ips, "trainable": trainable,
-            "total": total, "train_s": train_s, "random_init": random_init}
+            "total": total, "train_s": train_s, "random_init": random_init, "backbone": backbone or name,
+            "input_size": 224, "dim": 512}
 
 
 def test_recommend_names_each_winner_from_the_numbers():
@@ -123,6 +125,8 @@ def test_recommend_ignores_speed_and_time_leads_within_the_noise():
     rows[1].update(images_per_s=61.0, train_s=8.0)
     assert "speed matters **b** (61.0 img/s, 1.2x" in recommend(rows)
     assert "shortest training **b** (8 s against 10 s)" in recommend(rows)
+    rows[1]["backbone"] = rows[0]["backbone"]  # the same network: its faster measurement is noise
+    assert "speed matters" not in recommend(rows)
 
 
 def test_subset_keeps_the_ground_truth_consistent(tmp_path):
@@ -149,3 +153,12 @@ def test_bad_inputs_name_the_path(tmp_path, capsys):
     assert "config file not found: nope.yaml" in capsys.readouterr().err
     assert compare_main(["--runs", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "c.md")]) == 2
     assert "neither a run folder with best/ nor a checkpoint folder" in capsys.readouterr().err
+
+
+def test_approach_specs_layer_files_and_overrides(tmp_path):
+    a = parse_approach(f"{TINY}+{CONFIGS / 'vae.yaml'}+model.backbone=vae:tiny+data.image_size=32")
+    assert a.name == "tiny_test+vae" and a.files == [CONFIGS / "tiny_test.yaml", CONFIGS / "vae.yaml"]
+    assert a.overrides == ["model.backbone=vae:tiny", "data.image_size=32"]
+    assert parse_approach(f"{TINY}+train.epochs=0+run_name=zero_shot").name == "zero_shot"
+    with pytest.raises(ValueError, match="names no config file"):
+        parse_approach("train.epochs=1")
