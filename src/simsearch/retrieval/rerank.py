@@ -129,17 +129,16 @@ def _encoding_vectors(x: np.ndarray, neigh: np.ndarray, k1: int, k2: int) -> sp.
     return v
 
 
-def _intersections(v: sp.csr_matrix, nq: int, rows: np.ndarray, cand: np.ndarray) -> sp.csr_matrix:
+def _intersections(v: sp.csr_matrix, g_cols: sp.csc_matrix, rows: np.ndarray, cand: np.ndarray) -> sp.csr_matrix:
     """sum_j min(V_q[j], V_g[j]) for queries ``rows`` against their candidates ``cand`` and every
     gallery item whose V shares support with theirs; other pairs are absent (intersection 0).
 
     A sparse "min-plus" product through the inverted index of the gallery rows (scipy has the
     minimum of two matrices but no min-product): each nonzero V_q[j] meets the gallery items with
-    a nonzero in column j. The candidates enter as explicit zeros, so the result's pattern is the
-    union and duplicates sum to the right value.
+    a nonzero in column j (``g_cols``: the gallery rows of V in CSC form). The candidates enter as
+    explicit zeros, so the result's pattern is the union and duplicates sum to the right value.
     """
     vq = v[rows].tocoo()
-    g_cols = v[nq:].tocsc()  # column j -> gallery items with V_g[j] > 0
     starts = g_cols.indptr[vq.col]
     counts = g_cols.indptr[vq.col + 1] - starts
     entry = np.repeat(np.arange(len(counts)), counts)
@@ -148,13 +147,14 @@ def _intersections(v: sp.csr_matrix, nq: int, rows: np.ndarray, cand: np.ndarray
     data = np.concatenate([np.minimum(vq.data[entry], g_cols.data[pos]), np.zeros(b * c)])
     q_local = np.concatenate([vq.row[entry], np.repeat(np.arange(b), c)])
     g_ids = np.concatenate([g_cols.indices[pos], cand.ravel()])
-    out = sp.csr_matrix((data, (q_local, g_ids)), shape=(b, v.shape[0] - nq))
+    out = sp.csr_matrix((data, (q_local, g_ids)), shape=(b, g_cols.shape[0]))
     out.sum_duplicates()
     return out
 
 
 def _rerank_chunk(
-    v: sp.csr_matrix, x: np.ndarray, nq: int, rows: np.ndarray, cand: np.ndarray, lambda_value: float,
+    v: sp.csr_matrix, g_cols: sp.csc_matrix, x: np.ndarray, nq: int, rows: np.ndarray, cand: np.ndarray,
+    lambda_value: float,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-C of one chunk of queries over the candidates and all overlapping items.
 
@@ -163,7 +163,7 @@ def _rerank_chunk(
     union of the top-C and the overlapping items therefore holds the dense top-C.
     """
     b, c = cand.shape
-    inter = _intersections(v, nq, rows, cand)
+    inter = _intersections(v, g_cols, rows, cand)
     lengths = np.diff(inter.indptr)
     q_local = np.repeat(np.arange(b), lengths)
     g_ids = inter.indices
@@ -213,9 +213,10 @@ def k_reciprocal_rerank(
             "use an exact index ('Flat') or larger efSearch/nprobe"
         )
     v = _encoding_vectors(x, neigh, k1, k2)
+    g_cols = v[nq:].tocsc()  # column j -> gallery items with V_g[j] > 0
     out_idx = np.empty(cand.shape, dtype=np.int64)
     out_dist = np.empty(cand.shape, dtype=np.float32)
     for s in range(0, nq, _QUERY_CHUNK):
         rows = np.arange(s, min(s + _QUERY_CHUNK, nq))
-        out_idx[rows], out_dist[rows] = _rerank_chunk(v, x, nq, rows, cand[rows], lambda_value)
+        out_idx[rows], out_dist[rows] = _rerank_chunk(v, g_cols, x, nq, rows, cand[rows], lambda_value)
     return out_idx, out_dist
