@@ -32,8 +32,8 @@ from .checkpoint import load_model
 from .config import load
 from .metrics import score_rankings
 from .models.backbones import parse_backbone_name
-from .predict import embed_folder, rankings_from_ids
-from .retrieval.pipeline import RetrievalOptions, retrieve
+from .predict import embed_folder, rankings_from_ids, search_readable
+from .retrieval.pipeline import RetrievalOptions
 from .submission import read_ground_truth, write_bytes_atomic
 
 __all__ = ["Approach", "Competition", "compare", "parse_approach", "recommend", "table_markdown",
@@ -217,9 +217,7 @@ def evaluate_checkpoint(approach: Approach, cfg: DictConfig, comp: Competition,
         model(torch.zeros(min(int(cfg.infer.batch_size), 8), 3, size, size))
     gallery = embed_folder(model, comp.gallery_dir, cfg, None, False, (1.0,), None, f"{approach.name} gallery")
     query = embed_folder(model, comp.query_dir, cfg, None, False, (1.0,), None, f"{approach.name} queries")
-    if not gallery.ok.any():
-        raise ValueError(f"no readable image in the gallery folder {comp.gallery_dir}")
-    ids, _ = retrieve(query.emb[query.ok], gallery.emb[gallery.ok], PLAIN)
+    ids = search_readable(query, gallery, PLAIN)  # refuses a gallery without a readable image
     m = score_rankings(rankings_from_ids(query, gallery, ids), gt, ks=(1, 5))
     n_images = int(query.ok.sum() + gallery.ok.sum())
     trainable, total = _parameters(approach.checkpoint, model)
