@@ -6,12 +6,13 @@ fails before any work starts, with the key and the file that set it in the messa
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["ConfigError", "default_config_path", "load", "save"]
+__all__ = ["ConfigError", "default_config_path", "load", "save", "section_values"]
 
 
 class ConfigError(ValueError):
@@ -120,3 +121,13 @@ def save(cfg: DictConfig, path: str | Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     os.replace(tmp, path)
+
+
+def section_values(cls: type, section: Any, changes: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a config ``section`` that are fields of the dataclass ``cls``, then ``changes``.
+
+    What every options dataclass's ``from_config`` starts from.
+    """
+    values = {f.name: section[f.name] for f in fields(cls) if f.name in section}
+    values.update(changes)
+    return values

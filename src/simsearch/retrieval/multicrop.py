@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..config import section_values
 from ..data.datasets import BadSample
 from ..data.io import ImageLoadError, load_image
 from .fusion import FUSIONS, fuse_per_query
@@ -48,8 +49,7 @@ class MultiCropOptions:
 
     @classmethod
     def from_config(cls, section: Any, **changes: Any) -> "MultiCropOptions":
-        values = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        values.update(changes)
+        values = section_values(cls, section, changes)
         opts = cls(**values)
         opts.check()
         return opts

@@ -6,10 +6,11 @@ fast-reid, and each lives in its own module with its paper cited.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import section_values
 from .index import build_index, search
 from .query_expansion import alpha_query_expansion, average_query_expansion, database_augmentation
 from .rerank import k_reciprocal_rerank
@@ -36,8 +37,7 @@ class RetrievalOptions:
     @classmethod
     def from_config(cls, infer_cfg, **changes) -> "RetrievalOptions":
         """Take the matching keys of the config's ``infer`` section, then ``changes``."""
-        values = {f.name: infer_cfg[f.name] for f in fields(cls) if f.name in infer_cfg}
-        values.update(changes)
+        values = section_values(cls, infer_cfg, changes)
         if values.get("qe", "none") not in ("none", "avg", "alpha"):
             raise ValueError(f"infer.qe: '{values['qe']}' must be none, avg or alpha")
         return cls(**values)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import section_values
 from ..data import ImageDataset, build_transforms
 from .embed import embed_dataset
 
@@ -39,8 +40,7 @@ class SecondStageOptions:
 
     @classmethod
     def from_config(cls, section: Any, **changes: Any) -> "SecondStageOptions":
-        values = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        values.update(changes)
+        values = section_values(cls, section, changes)
         opts = cls(**values)
         if opts.enabled and bool(opts.checkpoint) == bool(opts.config):
             raise ValueError("infer.second_stage.enabled needs exactly one of infer.second_stage.checkpoint "

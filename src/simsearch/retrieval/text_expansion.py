@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import section_values
 from ..data.io import ImageLoadError, load_image
 
 __all__ = ["Captioner", "TextEncoder", "TextOptions", "image_texts", "load_blip_captioner",
@@ -45,8 +46,7 @@ class TextOptions:
 
     @classmethod
     def from_config(cls, section: Any, **changes: Any) -> "TextOptions":
-        values = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        values.update(changes)
+        values = section_values(cls, section, changes)
         opts = cls(**values)
         if opts.enabled and not opts.captioner and not opts.titles_csv:
             raise ValueError("infer.text.enabled needs infer.text.titles_csv (a CSV of titles) or "
