@@ -139,7 +139,7 @@ def test_cross_entropy_matches_hand_computation(smoothing):
     labels = torch.tensor([0, 2, 1, 2, 3])
     cfg = load([CONFIGS / "tiny_test.yaml"], ["loss.name=cross_entropy", "loss.miner=null",
                                               f"loss.ce_label_smoothing={smoothing}"])
-    wrapper = build_loss_wrapper(cfg, 4)
+    wrapper = build_loss_wrapper(cfg, 4, cfg.model.embed_dim)
     assert wrapper.miner is None
     fc = wrapper.loss.classifier
     assert fc.weight.shape == (4, cfg.model.embed_dim)
@@ -192,11 +192,11 @@ def test_labels_missing_from_the_manifest_fail_naming_the_keys(tmp_path):
 def test_classifier_with_a_single_class_fails():
     cfg = load([CONFIGS / "tiny_test.yaml"], ["loss.name=arcface"])
     with pytest.raises(ConfigError, match="loss.name=arcface classifies the training classes"):
-        build_loss_wrapper(cfg, 1)
+        build_loss_wrapper(cfg, 1, 8)
 
 
 def test_pair_mode_follows_the_sampler():
     cfg = load([CONFIGS / "tiny_test.yaml"], ["data.sampler=pairs", "loss.name=cosine_embedding",
                                               "loss.miner=null"])
-    assert build_loss_wrapper(cfg, 3).pairs
-    assert not build_loss_wrapper(load([CONFIGS / "tiny_test.yaml"]), 3).pairs
+    assert build_loss_wrapper(cfg, 3, 8).pairs
+    assert not build_loss_wrapper(load([CONFIGS / "tiny_test.yaml"]), 3, 8).pairs

@@ -78,7 +78,7 @@ def test_unfrozen_blocks_get_the_stage_backbone_lr_on_efficientnet():
     cfg = load([STAGED], ["model.pretrained=null"])
     model = build_model(cfg)
     assert model.backbone.num_layers == 7 and model.head.fc.out_features == 128
-    loss = build_loss_wrapper(cfg, 5)
+    loss = build_loss_wrapper(cfg, 5, cfg.model.embed_dim)
     s1, s2 = parse_stages(cfg, model.backbone.num_layers)
     apply_stage(model, s1)
     lrs = _named_lrs(model, loss, build_optimizer(model, loss, s1.lr, cfg.train.llrd, 0.05, s1.backbone_lr))

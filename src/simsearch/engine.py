@@ -6,8 +6,10 @@ needs (model, loss, optimizer, scheduler, scaler, sampler position, RNG) goes in
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .config import ConfigError
 from .config import save as save_config
 from .data import (
     ImageDataset,
@@ -36,7 +39,8 @@ from .data import (
 )
 from .data.domains import check_domain_config
 from .data.sampler import EpochBatchSampler
-from .data.train_loader import build_train_loader
+from .data.train_loader import build_train_dataset, build_train_loader
+from .feature_cache import CACHE_DTYPES, FeatureCache, backbone_feature_shape, cache_bytes
 from .losses import build_loss_wrapper, check_loss_config
 from .metrics import retrieval_metrics_from_embeddings
 from .models import EmbeddingModel, build_model
@@ -145,15 +149,21 @@ def _reseed_main_process_transform(loader: DataLoader) -> None:
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator: Accelerator,
-                    cfg: DictConfig, state: TrainState, writer=None) -> dict[str, float]:
-    """One pass over the P-K batches; returns the mean loss, last LR and throughput."""
+                    cfg: DictConfig, state: TrainState, writer=None,
+                    cache: FeatureCache | None = None) -> dict[str, float]:
+    """One pass over the P-K batches; returns the mean loss, last LR and throughput.
+
+    With ``cache`` (a head-only stage) the same batches come from the cached backbone features
+    and only pooling and the head run.
+    """
     model.train()
     max_steps = cfg.train.max_steps_per_epoch
     total = min(len(sampler) - sampler.start_batch, max_steps or 1 << 62)
     bar = tqdm(total=total, desc=f"epoch {state.epoch}", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     t0, seen, losses = time.perf_counter(), 0, []
-    for i, (images, labels, _idx, bad) in enumerate(loader):
+    batches = loader if cache is None else cache.batches(sampler, state.epoch)
+    for i, (images, labels, _idx, bad) in enumerate(batches):
         if i >= total:
             break
         state.skipped.extend(loader.dataset.samples[int(j)][0] for j in bad)
@@ -164,7 +174,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accel
         # compute losses
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                emb = model(images)
+                emb = model(images, features=cache is not None)
             loss = loss_fn(emb, labels)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.train.clip_grad:
@@ -192,16 +202,34 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accel
 
 
 @torch.no_grad()
-def evaluate(model, val_ds: ImageDataset, accelerator: Accelerator, cfg: DictConfig) -> dict[str, float]:
-    """R@1, R@5, mAP on the held-out images, each image querying all the others."""
-    emb, ok = embed_dataset(accelerator.unwrap_model(model), val_ds, accelerator,
-                            batch_size=cfg.infer.batch_size, num_workers=cfg.data.num_workers,
-                            tta_flip=False)
+def evaluate(model, val_ds: ImageDataset, accelerator: Accelerator, cfg: DictConfig,
+             cache: FeatureCache | None = None) -> dict[str, float]:
+    """R@1, R@5, mAP on the held-out images, each image querying all the others.
+
+    With ``cache`` (backbone frozen) the validation images' cached backbone features are used.
+    """
+    net = accelerator.unwrap_model(model)
+    if cache is not None and cache.val is not None:
+        emb, ok = _embed_cached(net, cache.val, cache.val_ok, cfg.infer.batch_size, accelerator.device)
+    else:
+        emb, ok = embed_dataset(net, val_ds, accelerator, batch_size=cfg.infer.batch_size,
+                                num_workers=cfg.data.num_workers, tta_flip=False)
     labels = np.array([s[1] for s in val_ds.samples])[ok]
     if len(labels) == len(np.unique(labels)):
         log.warning("validation skipped: no held-out image has another of its class to find")
         return {}
     return retrieval_metrics_from_embeddings(emb[ok], labels, emb[ok], labels, ks=(1, 5), exclude_self=True)
+
+
+@torch.no_grad()
+def _embed_cached(model, feats: torch.Tensor, ok: np.ndarray, batch_size: int,
+                  device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    was_training = model.training
+    model.eval()
+    out = [model(feats[s:s + batch_size].float().to(device), features=True).float().cpu()
+           for s in range(0, len(feats), batch_size)]
+    model.train(was_training)
+    return torch.cat(out).numpy(), ok
 
 
 def _append_metrics(path: Path, row: dict[str, Any]) -> None:
@@ -231,6 +259,9 @@ class Run:
     writer: Any = None
     stages: list[Stage] = field(default_factory=list)
     stage: int = -1  # the stage the optimizer and scheduler belong to
+    train_samples: list = field(default_factory=list)
+    cache: FeatureCache | None = None  # backbone features, while the backbone stays frozen
+    initial: dict[str, torch.Tensor] = field(default_factory=dict)  # the untrained weights (WiSE-FT)
 
 
 def _train_state_dict(run: Run) -> dict:
@@ -241,6 +272,9 @@ def _train_state_dict(run: Run) -> dict:
            "rng": ckpt.rng_state()}
     if run.accelerator.scaler is not None:
         out["scaler"] = run.accelerator.scaler.state_dict()
+    xbm = run.accelerator.unwrap_model(run.loss_fn).xbm_position()
+    if xbm is not None:
+        out["xbm"] = xbm
     return out
 
 
@@ -262,6 +296,8 @@ def _restore(run: Run) -> None:
     unwrap(run.model).load_state_dict(_load_weights(last / "model.safetensors"))
     if (last / "loss.safetensors").exists():
         unwrap(run.loss_fn).load_state_dict(_load_weights(last / "loss.safetensors"))
+    if "xbm" in ts:
+        unwrap(run.loss_fn).set_xbm_position(ts["xbm"])
     ckpt.set_rng_state(ts["rng"])
     log.info("resumed from %s at epoch %d, step %d", last, st.epoch, st.step)
 
@@ -293,11 +329,15 @@ def _prepare(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> Run:
     seed_everything(cfg.seed)
     # setup data and model
     train, val, classes = load_samples(cfg)
+    check_wise(cfg, bool(val))
     model = build_model(cfg)
     loader, sampler, val_ds = _loaders(cfg, model, train, val, accelerator)
-    loss_fn = build_loss_wrapper(cfg, len(classes))
+    loss_fn = build_loss_wrapper(cfg, len(classes), model.embed_dim)
     # setup optimizer and schedule (per stage of train.stages; one stage without them)
-    run = Run(cfg, accelerator, run_dir, model, loss_fn, None, None, loader, sampler, val_ds)
+    run = Run(cfg, accelerator, run_dir, model, loss_fn, None, None, loader, sampler, val_ds,
+              train_samples=train)
+    if cfg.train.wise_alphas:  # the untrained weights, for weight-space ensembling after training
+        run.initial = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     run.stages = parse_stages(cfg, model.backbone.num_layers)
     _enter_stage(run, 0)
     return run
@@ -310,6 +350,9 @@ def _enter_stage(run: Run, index: int) -> None:
     if run.optimizer is not None:  # DDP must be rebuilt over the new set of trainable parameters
         acc.free_memory()
     apply_stage(model, stage)
+    _update_cache(run, model, stage)
+    if index != run.stage:
+        loss_fn.reset_memory()  # embeddings of another stage's model are no negatives for this one
     optimizer = build_optimizer(model, loss_fn, stage.lr, cfg.train.llrd, cfg.train.weight_decay,
                                 backbone_lr=stage.backbone_lr)
     steps_per_epoch = min(len(run.sampler), cfg.train.max_steps_per_epoch or 1 << 62)
@@ -327,11 +370,48 @@ def _enter_stage(run: Run, index: int) -> None:
     log.info("parameters: %s trainable of %s", f"{trainable:,}", f"{total:,}")
 
 
+def _update_cache(run: Run, model: EmbeddingModel, stage: Stage) -> None:
+    """Build the feature cache for a head-only stage (once); drop it when the backbone trains."""
+    cfg = run.cfg
+    views = cfg.train.feature_cache.views
+    if stage.unfreeze != 0 or not views:
+        run.cache = None
+        return
+    if run.cache is not None:
+        return
+    if cfg.data.domain_aug:
+        raise ConfigError("train.feature_cache.views: the feature cache does not support data.domain_aug "
+                          "(per-domain transforms); set train.feature_cache.views=0")
+    dtype = CACHE_DTYPES.get(cfg.train.feature_cache.dtype)
+    if dtype is None:
+        raise ConfigError(f"train.feature_cache.dtype: '{cfg.train.feature_cache.dtype}' must be one of "
+                          f"{', '.join(CACHE_DTYPES)}")
+    dc = model.data_config
+    size = cfg.data.image_size or dc.input_size
+    shape = backbone_feature_shape(model, size, run.accelerator.device)
+    n_val = len(run.val_ds) if run.val_ds is not None else 0
+    need = cache_bytes(views, len(run.train_samples), n_val, shape, dtype.itemsize)
+    if need > cfg.train.feature_cache.max_gb * 1e9:
+        raise ConfigError(f"train.feature_cache: {views} view(s) of {len(run.train_samples)} images of "
+                          f"features {shape} need {need / 1e9:.1f} GB, over train.feature_cache.max_gb="
+                          f"{cfg.train.feature_cache.max_gb}; lower train.feature_cache.views, raise max_gb, "
+                          "or set views=0 (no cache)")
+    t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
+    sets = [ImageDataset(run.train_samples, t_eval)]
+    for v in range(1, views):  # augmented views: the training pipeline, reseeded per view
+        ds = build_train_dataset(cfg.data, run.train_samples, size, dc.mean, dc.std)
+        ds.transform.set_random_seed(cfg.seed * 1000 + v)
+        sets.append(ds)
+    run.cache = FeatureCache.build(model, sets, run.val_ds, cfg.infer.batch_size, cfg.data.num_workers,
+                                   run.accelerator.device, cfg.seed,
+                                   show=run.accelerator.is_local_main_process, dtype=dtype)
+
+
 def _baseline(run: Run) -> None:
     """Epoch -1: the untrained model's metrics; with zero epochs it is also the checkpoint."""
     row = {"epoch": -1, "step": 0}
     if run.val_ds is not None:
-        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg))
+        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg, run.cache))
         log.info("before training: R@1 %.4f  R@5 %.4f  mAP %.4f", row["r1"], row["r5"], row["map"])
     if run.cfg.train.epochs == 0:
         _save_epoch(run, row, improved=True)
@@ -349,11 +429,11 @@ def _epoch(run: Run) -> tuple[dict[str, Any], bool]:
     unwrap(run.loss_fn).set_epoch(st.epoch)
     t0 = time.perf_counter()
     row = train_one_epoch(run.model, run.loss_fn, run.optimizer, run.scheduler, run.loader, run.sampler,
-                          run.accelerator, run.cfg, st, run.writer)
+                          run.accelerator, run.cfg, st, run.writer, cache=run.cache)
     row.update(epoch=st.epoch, step=st.step, miner=int(unwrap(run.loss_fn).miner_active))
     # evaluate and checkpoint
     if run.val_ds is not None:
-        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg))
+        row.update(evaluate(run.model, run.val_ds, run.accelerator, run.cfg, run.cache))
     row["seconds"] = round(time.perf_counter() - t0, 3)
     improved = _bookkeeping(row, st, run.cfg)
     st.epoch += 1
@@ -373,6 +453,7 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     if (cfg.train.eval_at_start or cfg.train.epochs == 0) and not resume:
         _baseline(run)
     best: dict[str, Any] = {}
+    t_start, limit = time.perf_counter(), cfg.train.time_limit_min
     while run.state.epoch < cfg.train.epochs:
         row, improved = _epoch(run)
         best = dict(row) if improved else best
@@ -380,6 +461,12 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             log.info("early stop: %s did not improve for %d epochs", cfg.train.best_metric,
                      run.state.bad_epochs)
             break
+        if limit and time.perf_counter() - t_start > 60 * limit and run.state.epoch < cfg.train.epochs:
+            log.info("time limit: %.1f min passed (train.time_limit_min=%g); stopping after epoch %d",
+                     (time.perf_counter() - t_start) / 60, limit, run.state.epoch - 1)
+            break
+    if cfg.train.wise_alphas and cfg.train.epochs > 0:
+        best = _wise(run) or best
     if run.writer is not None:
         run.writer.close()
     skipped = run.state.skipped
@@ -391,6 +478,74 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     accelerator.end_training()
     return {"run_dir": str(run_dir), "best": best, "skipped": list(skipped),
             "epochs_run": run.state.epoch, "is_main_process": accelerator.is_main_process}
+
+
+def check_wise(cfg: DictConfig, has_val: bool) -> list[float]:
+    """``train.wise_alphas`` as floats in [0, 1]; they need a validation split to choose from."""
+    alphas = list(cfg.train.wise_alphas or [])
+    for a in alphas:
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0.0 <= a <= 1.0:
+            raise ConfigError(f"train.wise_alphas: {a!r} must be a number in [0, 1] "
+                              "(0 = the untrained weights, 1 = the fine-tuned ones)")
+    if alphas and not has_val:
+        raise ConfigError("train.wise_alphas chooses the mix on validation, but there is none; set "
+                          "data.val_fraction > 0 or train.wise_alphas=[]")
+    return [float(a) for a in alphas]
+
+
+def mix_weights(initial: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT's weight-space ensemble (1 - alpha) * initial + alpha * tuned (Wortsman et al.,
+    "Robust fine-tuning of zero-shot models", CVPR 2022); integer buffers come from ``tuned``."""
+    return {k: ((1.0 - alpha) * initial[k].float() + alpha * v.float()).to(v.dtype)
+            if v.is_floating_point() else v.clone() for k, v in tuned.items()}
+
+
+def _wise(run: Run) -> dict[str, Any] | None:
+    """Mix the untrained and the best weights for each alpha, validate, keep the best mix in best/.
+
+    Fine-tuning on a few classes moves the features away from what the pretrained model knew
+    about other classes; a partial step back along the weight path often keeps the gain on
+    the training classes and restores it on unseen ones. The mix is chosen on validation
+    (a class split for instance-level data), never on the test set.
+    """
+    acc, cfg = run.accelerator, run.cfg
+    best_dir = run.run_dir / "best"
+    meta = json.loads((best_dir / "meta.json").read_text())
+    if "wise_alpha" in meta:  # a resumed run that had already chosen
+        log.info("WiSE-FT: best/ already holds the alpha=%g mix", meta["wise_alpha"])
+        return None
+    tuned = _load_weights(best_dir / "model.safetensors")
+    net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
+    # the backbone never trained: its cached features stay valid for every mix
+    cache = run.cache if all(s.unfreeze == 0 for s in run.stages) else None
+    rows = []
+    for alpha in check_wise(cfg, run.val_ds is not None):
+        net.load_state_dict(mix_weights(run.initial, tuned, alpha))
+        rows.append({"alpha": alpha, **evaluate(run.model, run.val_ds, acc, cfg, cache)})
+        log.info("WiSE-FT alpha %.2f: R@1 %.4f  R@5 %.4f  mAP %.4f", alpha, rows[-1]["r1"], rows[-1]["r5"],
+                 rows[-1]["map"])
+    key = cfg.train.best_metric
+    pick = max(rows, key=lambda r: r[key])  # the first of equal ones
+    net.load_state_dict(mix_weights(run.initial, tuned, pick["alpha"]))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        _write_rows(run.run_dir / "wise.csv", rows)
+        meta.update(wise_alpha=pick["alpha"], finetuned_metrics=meta.get("metrics", {}),
+                    metrics={k: pick[k] for k in ("r1", "r5", "map")})
+        ckpt.save_checkpoint(best_dir, net, lossm, cfg, meta)
+    acc.wait_for_everyone()
+    log.info("WiSE-FT: kept alpha %.2f in %s (validation %s %.4f)", pick["alpha"], best_dir, key, pick[key])
+    return {"epoch": meta.get("epoch"), "wise_alpha": pick["alpha"], **{k: pick[k] for k in ("r1", "r5", "map")}}
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -22,11 +22,12 @@ from .config import ConfigError
 from .data.datasets import manifest_columns
 
 __all__ = ["CLASSIFIER_LOSSES", "LOSSES", "PAIR_LOSSES", "ClassifierCrossEntropyLoss", "CosineEmbeddingLoss",
-           "LossWrapper", "build_loss", "build_loss_wrapper", "build_miner", "check_loss_config",
+           "LossWrapper", "XBM_LOSSES", "build_loss", "build_loss_wrapper", "build_miner", "check_loss_config",
            "position_pairs"]
 
 LOSSES = ("circle", "multi_similarity", "triplet", "contrastive", "cosine_embedding", "arcface",
           "cross_entropy")
+XBM_LOSSES = ("circle", "multi_similarity", "triplet", "contrastive")  # PML's CrossBatchMemory supports these
 PAIR_LOSSES = ("contrastive", "cosine_embedding")  # the losses that learn from given pairs alone
 CLASSIFIER_LOSSES = ("arcface", "cross_entropy")  # a classifier over the training classes
 
@@ -127,6 +128,15 @@ def check_loss_config(cfg: DictConfig) -> None:
         if cfg.loss.miner not in (None, "none"):
             raise ConfigError(f"loss.miner={cfg.loss.miner} would replace the sampled pairs; set "
                               "loss.miner=null with data.sampler=pairs")
+    xbm = cfg.loss.xbm_size
+    if xbm:
+        if name not in XBM_LOSSES or sampler == "pairs":
+            raise ConfigError(f"loss.xbm_size={xbm}: a cross-batch memory works with loss.name "
+                              f"{', '.join(XBM_LOSSES)} on P-K batches (data.sampler=pk), not {name} / {sampler}")
+        batch = cfg.train.batch_p * cfg.train.batch_k
+        if xbm < batch:
+            raise ConfigError(f"loss.xbm_size={xbm} must hold at least one batch "
+                              f"(train.batch_p * train.batch_k = {batch}), or be 0 (off)")
     if not 0.0 <= cfg.loss.ce_label_smoothing < 1.0:
         raise ConfigError(f"loss.ce_label_smoothing must be in [0, 1), got {cfg.loss.ce_label_smoothing}")
     # Every loss here needs class labels: positives are same-class images, classifiers predict them.
@@ -152,35 +162,74 @@ class LossWrapper(nn.Module):
 
     With ``pairs`` the batch is the pair sampler's: the loss sees only the pairs at positions
     (2i, 2i+1), positive where the two labels match.
+
+    With ``xbm_size`` > 0 the loss runs inside PML's ``CrossBatchMemory`` (XBM, Wang et al.,
+    "Cross-Batch Memory for Embedding Learning", CVPR 2020): each batch is compared with the
+    last ``xbm_size`` embeddings too, so a small CPU batch sees many more negatives. The miner,
+    once active, mines over batch x memory.
     """
 
     def __init__(self, loss: nn.Module, miner: nn.Module | None = None, miner_start_epoch: int = 0,
-                 pairs: bool = False) -> None:
+                 pairs: bool = False, xbm_size: int = 0, embed_dim: int | None = None) -> None:
         super().__init__()
         self.loss = loss
         self.miner = miner
         self.miner_start_epoch = miner_start_epoch
         self.miner_active = False
         self.pairs = pairs
+        self.xbm = None
+        if xbm_size:
+            if embed_dim is None:
+                raise ValueError("a cross-batch memory needs the embedding width (embed_dim)")
+            self.xbm = losses.CrossBatchMemory(loss, embed_dim, memory_size=xbm_size)
+            # the memory is refilled in a few steps; keeping it out of the weights keeps checkpoints small
+            for name in ("embedding_memory", "label_memory"):
+                self.xbm._non_persistent_buffers_set.add(name)
 
     def set_epoch(self, epoch: int) -> None:
         self.miner_active = self.miner is not None and epoch >= self.miner_start_epoch
+
+    def reset_memory(self) -> None:
+        """Empty the cross-batch memory (a new training stage: old embeddings are stale)."""
+        if self.xbm is not None:
+            self.xbm.reset_queue()
+            for name in ("embedding_memory", "label_memory"):
+                self.xbm._non_persistent_buffers_set.add(name)
+
+    def xbm_position(self) -> dict | None:
+        """The memory's contents and write position, for an exact resume (None without XBM)."""
+        if self.xbm is None:
+            return None
+        return {"embeddings": self.xbm.embedding_memory.detach().cpu(), "labels": self.xbm.label_memory.cpu(),
+                "queue_idx": int(self.xbm.queue_idx), "filled": bool(self.xbm.has_been_filled)}
+
+    def set_xbm_position(self, state: dict) -> None:
+        if self.xbm is None:
+            return
+        self.xbm.embedding_memory = state["embeddings"].clone()
+        self.xbm.label_memory = state["labels"].clone()
+        self.xbm.queue_idx, self.xbm.has_been_filled = int(state["queue_idx"]), bool(state["filled"])
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = embeddings.float()
         if self.pairs:
             return self.loss(embeddings, labels, position_pairs(labels))
+        if self.xbm is not None:
+            self.xbm.miner = self.miner if self.miner_active else None
+            return self.xbm(embeddings, labels)
         if self.miner_active:
             tuples = self.miner(embeddings, labels)
             return self.loss(embeddings, labels, tuples)
         return self.loss(embeddings, labels)
 
 
-def build_loss_wrapper(cfg: DictConfig, num_classes: int) -> LossWrapper:
-    """The configured loss, miner and pair mode, ready for training (check_loss_config first)."""
+def build_loss_wrapper(cfg: DictConfig, num_classes: int, embed_dim: int) -> LossWrapper:
+    """The configured loss, miner, pair mode and cross-batch memory, ready for training
+    (check_loss_config first); ``embed_dim`` is the model's (``model.embed_dim`` may be null)."""
     if cfg.loss.name in CLASSIFIER_LOSSES and num_classes < 2:
         raise ConfigError(f"loss.name={cfg.loss.name} classifies the training classes, but the training "
                           f"data (data.train_dir / data.train_csv) has {num_classes}")
     pairs = cfg.data.sampler == "pairs"
-    return LossWrapper(build_loss(cfg, num_classes, cfg.model.embed_dim), None if pairs else build_miner(cfg),
-                       cfg.train.miner_start_epoch, pairs=pairs)
+    return LossWrapper(build_loss(cfg, num_classes, embed_dim), None if pairs else build_miner(cfg),
+                       cfg.train.miner_start_epoch, pairs=pairs, xbm_size=cfg.loss.xbm_size,
+                       embed_dim=embed_dim)

@@ -82,7 +82,7 @@ def ours(cfg, warm_cfg, model: torch.nn.Module, ds: ReadyImages, total_steps: in
 
     accelerator = build_accelerator(cfg)
     loader, sampler = _loader(ds, cfg)
-    loss_fn = LossWrapper(build_loss(cfg, ds.labels[-1] + 1, cfg.model.embed_dim), build_miner(cfg),
+    loss_fn = LossWrapper(build_loss(cfg, ds.labels[-1] + 1, model.embed_dim), build_miner(cfg),
                           cfg.train.miner_start_epoch)
     loss_fn.set_epoch(cfg.train.miner_start_epoch)  # miner on, as in most of a run
     optimizer = build_optimizer(model, loss_fn, cfg.train.lr, cfg.train.llrd, cfg.train.weight_decay)

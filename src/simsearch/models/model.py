@@ -21,23 +21,38 @@ class EmbeddingModel(nn.Module):
     """Returns (B, D) unit-norm embeddings in train and eval mode; the loss lives outside."""
 
     def __init__(self, backbone: Backbone, pooling: str = "gem", gem_p: float = 3.0,
-                 gem_learnable: bool = True, embed_dim: int = 512, dropout: float = 0.1) -> None:
+                 gem_learnable: bool = True, embed_dim: int | None = 512, dropout: float = 0.1,
+                 head_init: str = "random") -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling_name = pooling
         self.pool = build_pooling(pooling, gem_p, gem_learnable)
-        self.head = EmbeddingHead(backbone.num_features, embed_dim, dropout)
+        embed_dim = embed_dim or backbone.num_features  # null: the backbone's own width
+        self.head = EmbeddingHead(backbone.num_features, embed_dim, dropout, init=head_init)
         self.embed_dim = embed_dim
 
     @property
     def data_config(self):
         return self.backbone.data_config
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Embeddings of images, or with ``features=True`` of cached :meth:`backbone_features`
+        (a keyword, so that a DDP-wrapped model still syncs the head's gradients)."""
+        return self.forward_from_features(x if features else self.backbone_features(x))
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the frozen part computes: spatial features (or the CLS vector for ``cls`` pooling).
+
+        A head-only training stage caches these (training/feature_cache.py) and trains
+        :meth:`forward_from_features` on them, so it pays for no backbone forward per epoch.
+        """
         if self.pooling_name == "cls":
-            pooled = self.backbone.forward_cls(images)
-        else:
-            pooled = self.pool(self.backbone.forward_features(images))
+            return self.backbone.forward_cls(images)
+        return self.backbone.forward_features(images)
+
+    def forward_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Pooling (GeM over maps or tokens; nothing for a CLS vector) and the head."""
+        pooled = features if self.pooling_name == "cls" else self.pool(features)
         return self.head(pooled)
 
     def train(self, mode: bool = True) -> "EmbeddingModel":
@@ -81,4 +96,5 @@ def build_model(cfg: DictConfig) -> EmbeddingModel:
             backbone._groups = backbone._layer_groups()
     if m.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    return EmbeddingModel(backbone, m.pooling, m.gem_p, m.gem_learnable, m.embed_dim, m.dropout)
+    return EmbeddingModel(backbone, m.pooling, m.gem_p, m.gem_learnable, m.embed_dim, m.dropout,
+                          head_init=OmegaConf.select(cfg, "model.head_init", default="random"))
