@@ -85,3 +85,31 @@ def test_cli_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["--out", str(out), "--views-per-item", "2"]) == 0
     assert "queries:" in capsys.readouterr().out and (out / "test" / "ground_truth.json").is_file()
     assert main(["--out", str(out), "--views-per-item", "2"]) == 1
+
+
+def test_view_style_changes_the_views_and_is_recorded(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from simsearch.demo_data import ViewStyle, _render_view
+
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+
+    def view(style: ViewStyle) -> bytes:
+        return _render_view(photo, 0, (50, 50, 250, 250), np.random.default_rng(1), style)
+
+    easy, hard = ViewStyle(min_area=1.0, max_rotation=0.0), ViewStyle(min_area=0.3, max_rotation=40.0)
+    assert view(easy) == view(easy) and view(easy) != view(hard)
+    assert Image.open(io.BytesIO(view(hard))).size[0] <= 160
+    out = tmp_path / "hard"
+    build_demo_competition(out, views_per_item=2, crop_grid=1, style=hard)
+    assert "min_area 0.3, max_rotation 40" in (out / "README.md").read_text()
+
+
+def test_bad_view_style_is_refused(tmp_path: Path) -> None:
+    from simsearch.demo_data import ViewStyle
+
+    with pytest.raises(ValueError, match="min_area must be in"):
+        build_demo_competition(tmp_path / "x", views_per_item=2, style=ViewStyle(min_area=0.0))

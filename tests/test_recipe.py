@@ -106,11 +106,32 @@ def test_oversized_feature_cache_is_refused_naming_the_key(tmp_path, capsys):
     assert "over train.feature_cache.max_gb" in capsys.readouterr().err
 
 
-def test_lp_then_ft_drops_the_cache_and_trains_the_backbone(tmp_path):
+@pytest.mark.parametrize("spec", ["open_clip:ViT-Tiny-Test", "timm:tf_efficientnet_lite0", "timm:vit_tiny_patch16_224"])
+def test_backbone_split_at_every_block_boundary_is_forward_features(spec):
+    from simsearch.models.backbones import create_backbone
+
+    torch.manual_seed(0)
+    b = create_backbone(spec, None).eval()
+    x = torch.randn(2, 3, 64, 64) if spec.startswith("timm:tf") else torch.randn(2, 3, b.data_config.input_size,
+                                                                                b.data_config.input_size)
+    with torch.no_grad():
+        full = b.forward_features(x)
+        for top in range(b.num_layers + 1):
+            assert torch.allclose(b.forward_upper(b.forward_lower(x, top), top), full, atol=1e-5), top
+        assert b.forward_lower(x, 1).shape != full.shape  # it really stops below the top block
+
+
+def test_cached_lp_then_ft_trains_the_top_block_on_cached_features_then_drops_the_cache(tmp_path, monkeypatch):
+    from simsearch.models.model import EmbeddingModel
+
+    calls = []
+    real = EmbeddingModel.backbone_features
+    monkeypatch.setattr(EmbeddingModel, "backbone_features", lambda self, x: calls.append(len(x)) or real(self, x))
     run = _train(tmp_path, "lpft", "train.stages=[{epochs: 1, train: head}, {epochs: 1, unfreeze_last: 1}]",
                  "train.epochs=2", "train.feature_cache.views=2")
     log = (run / "train.log").read_text()
-    assert log.count("feature cache: 2 view(s)") == 1
+    assert log.count("feature cache: 2 view(s)") == 1  # one cache, below the last block, for both stages
+    assert sum(calls) == 1 + 2 * 24 + 12
     seed_everything(0)  # the run's seed: the same initial weights
     start = build_model(load([TINY])).state_dict()
     end = load_file(str(run / "last" / "model.safetensors"))
@@ -118,6 +139,26 @@ def test_lp_then_ft_drops_the_cache_and_trains_the_backbone(tmp_path):
     first_block = [k for k in end if k.startswith("backbone.") and ".resblocks.0." in k]
     assert last_block and any(not torch.equal(end[k], start[k]) for k in last_block)
     assert all(torch.equal(end[k], start[k]) for k in first_block)
+    # a stage that trains the whole backbone cannot use the cache: it runs the real forward
+    calls.clear()
+    _train(tmp_path, "full", "train.stages=[{epochs: 1, train: head}, {epochs: 1, train: all}]",
+           "train.epochs=2", "train.feature_cache.views=1")
+    assert sum(calls) > 1 + 24 + 12 + 24
+
+
+def test_cached_stages_rule():
+    from simsearch.engine import cached_stages
+    from simsearch.stages import parse_stages
+
+    def rule(stages: str, views: int = 2) -> tuple[int, int]:
+        epochs = stages.count("epochs")
+        return cached_stages(parse_stages(load([TINY], [f"train.stages={stages}", f"train.epochs={epochs}"]), 2),
+                             views, 2)
+
+    assert rule("[{epochs: 1, train: head}, {epochs: 1, unfreeze_last: 1}]") == (2, 1)
+    assert rule("[{epochs: 1, train: head}, {epochs: 1, train: all}, {epochs: 1, train: head}]") == (1, 0)
+    assert rule("[{epochs: 1, unfreeze_last: 2}, {epochs: 1, train: head}]") == (2, 2)
+    assert rule("[{epochs: 1, train: head}]", views=0) == (0, 0)
 
 
 # --------------------------------------------------------------------------- XBM

@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from .fs import swap_into_place
 
-__all__ = ["PHOTOS", "build_demo_competition", "skimage_data_dir"]
+__all__ = ["PHOTOS", "ViewStyle", "build_demo_competition", "skimage_data_dir"]
 
 # Real photographs only. Left out: synthetic images (chessboard, phantom, logo, text, color
 # wheel, horse silhouette), near-empty ones (cell, clock_motion, microaneurysms), the stereo
@@ -124,18 +124,26 @@ def _padded(img: Image.Image) -> tuple[Image.Image, int]:
     return Image.fromarray(arr), pad
 
 
+@dataclass(frozen=True)
+class ViewStyle:
+    """How different the views of one item are: the smallest crop area and the largest rotation."""
+
+    min_area: float = 0.5
+    max_rotation: float = 15.0
+
+
 def _render_view(padded: Image.Image, pad: int, box: tuple[int, int, int, int],
-                 rng: np.random.Generator) -> bytes:
+                 rng: np.random.Generator, style: ViewStyle = ViewStyle()) -> bytes:
     """One "photo of the item": crop, rotation, flip, colour jitter, blur, resize, JPEG."""
     x0, y0, x1, y1 = box
     rw, rh = x1 - x0, y1 - y0
-    area = rng.uniform(0.5, 1.0) * rw * rh
+    area = rng.uniform(style.min_area, 1.0) * rw * rh
     aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
     w = min(rw, max(8, round(np.sqrt(area * aspect))))
     h = min(rh, max(8, round(np.sqrt(area / aspect))))
     left = x0 + pad + int(rng.integers(0, rw - w + 1))
     top = y0 + pad + int(rng.integers(0, rh - h + 1))
-    angle = float(rng.uniform(-15.0, 15.0))
+    angle = float(rng.uniform(-style.max_rotation, style.max_rotation))
     # Cut a margin-wide patch, shrink it to the output scale (cheap), rotate it about the crop
     # centre, then cut the crop: the margin fills the rotated corners (no black triangles).
     m = round(0.3 * max(w, h))
@@ -158,11 +166,11 @@ def _render_view(padded: Image.Image, pad: int, box: tuple[int, int, int, int],
 
 
 def _render_item_views(padded: Image.Image, pad: int, item: _Item, n: int,
-                       rng: np.random.Generator, seen: set[str]) -> list[bytes]:
+                       rng: np.random.Generator, seen: set[str], style: ViewStyle) -> list[bytes]:
     """``n`` views whose bytes are new to the whole competition (redrawn on a hash collision)."""
     views: list[bytes] = []
     while len(views) < n:
-        data = _render_view(padded, pad, item.box, rng)
+        data = _render_view(padded, pad, item.box, rng, style)
         digest = hashlib.sha256(data).hexdigest()
         if digest not in seen:
             seen.add(digest)
@@ -171,7 +179,7 @@ def _render_item_views(padded: Image.Image, pad: int, item: _Item, n: int,
 
 
 def _render_all(items: list[_Item], photos: dict[str, Image.Image], views_per_item: int,
-                seed: int) -> list[list[bytes]]:
+                seed: int, style: ViewStyle) -> list[list[bytes]]:
     """Views of every item; each item has its own seeded stream, so output is order-stable."""
     padded = {name: _padded(img) for name, img in photos.items()}
     seen: set[str] = set()
@@ -179,7 +187,7 @@ def _render_all(items: list[_Item], photos: dict[str, Image.Image], views_per_it
     for idx, item in enumerate(items):
         rng = np.random.default_rng([seed, idx])
         pimg, pad = padded[item.photo]
-        out.append(_render_item_views(pimg, pad, item, views_per_item, rng, seen))
+        out.append(_render_item_views(pimg, pad, item, views_per_item, rng, seen, style))
     return out
 
 
@@ -224,13 +232,14 @@ def _wrapped(names: tuple[str, ...]) -> str:
 
 
 def _readme(counts: dict[str, int], seed: int, views_per_item: int, crop_grid: int, skipped: int,
-            disk_mb: float) -> str:
+            disk_mb: float, style: ViewStyle) -> str:
     """The competition's README, in the style of the caltech101 one; no timestamps (determinism)."""
     version = importlib.metadata.version("scikit-image")
     return f"""# skimage_items — instance-level image-retrieval demo (real photos, offline)
 
 Built by `simsearch.demo_data.build_demo_competition` (seed {seed}, views_per_item {views_per_item},
-crop_grid {crop_grid}); `make demo` builds it without network access.
+crop_grid {crop_grid}, min_area {style.min_area:g}, max_rotation {style.max_rotation:g}); `make demo`
+builds it without network access.
 
 ## Source
 - The real photographs bundled with **scikit-image {version}** (`skimage/data/`):
@@ -249,7 +258,7 @@ crop_grid {crop_grid}); `make demo` builds it without network access.
   so neighbouring items share content. Regions with grey-level std < {MIN_REGION_STD:g} are dropped
   ({skipped} dropped).
 - Views ("photos of the item"), {views_per_item} per item: random resized crop inside the region
-  (area 0.5-1, aspect 3/4-4/3), rotation of up to +-15 degrees (reflect-padded, no black corners),
+  (area {style.min_area:g}-1, aspect 3/4-4/3), rotation of up to +-{style.max_rotation:g} degrees (reflect-padded, no black corners),
   horizontal flip (p=0.3), brightness/contrast/saturation jitter, Gaussian blur (p=0.3),
   longer side resized to {LONG_SIDE} px, JPEG quality 85-95. Deterministic for a given seed.
 - Split by item (seeded): {round(TRAIN_FRACTION * 100)}% of the items -> `training/item_XXX/`
@@ -282,7 +291,7 @@ def _check_target(out: Path, force: bool) -> None:
 
 
 def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: int = 6,
-                           crop_grid: int = 2, force: bool = False) -> dict:
+                           crop_grid: int = 2, force: bool = False, style: ViewStyle = ViewStyle()) -> dict:
     """Build the competition under ``out_dir`` (via a temporary sibling, renamed at the end).
 
     Returns the counts (items, train_items, test_items, train_images, queries, gallery) and the
@@ -298,7 +307,9 @@ def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: i
     items, photos, skipped = _collect_items(skimage_data_dir(), crop_grid)
     if len(items) < 2:
         raise RuntimeError("fewer than 2 usable regions in scikit-image's photos")
-    views = _render_all(items, photos, views_per_item, seed)
+    if not (0.0 < style.min_area <= 1.0 and 0.0 <= style.max_rotation <= 180.0):
+        raise ValueError(f"style: min_area must be in (0, 1] and max_rotation in [0, 180], got {style}")
+    views = _render_all(items, photos, views_per_item, seed, style)
     rng = np.random.default_rng(seed)
     order = [int(i) for i in rng.permutation(len(items))]
     n_train = min(len(items) - 1, max(1, round(TRAIN_FRACTION * len(items))))
@@ -308,7 +319,7 @@ def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: i
         counts = {"items": len(items), "train_items": n_train, "test_items": len(items) - n_train}
         counts.update(_write_split(tmp, views, order[:n_train], order[n_train:], rng))
         disk_mb = sum(len(v) for vs in views for v in vs) / 1e6
-        (tmp / "README.md").write_text(_readme(counts, seed, views_per_item, crop_grid, skipped, disk_mb))
+        (tmp / "README.md").write_text(_readme(counts, seed, views_per_item, crop_grid, skipped, disk_mb, style))
         tmp.chmod(0o755)
         swap_into_place(tmp, out)
     except BaseException:

@@ -350,7 +350,7 @@ def _enter_stage(run: Run, index: int) -> None:
     if run.optimizer is not None:  # DDP must be rebuilt over the new set of trainable parameters
         acc.free_memory()
     apply_stage(model, stage)
-    _update_cache(run, model, stage)
+    _update_cache(run, model, index)
     if index != run.stage:
         loss_fn.reset_memory()  # embeddings of another stage's model are no negatives for this one
     optimizer = build_optimizer(model, loss_fn, stage.lr, cfg.train.llrd, cfg.train.weight_decay,
@@ -370,18 +370,36 @@ def _enter_stage(run: Run, index: int) -> None:
     log.info("parameters: %s trainable of %s", f"{trainable:,}", f"{total:,}")
 
 
-def _update_cache(run: Run, model: EmbeddingModel, stage: Stage) -> None:
-    """Build the feature cache for a head-only stage (once); drop it when the backbone trains."""
+def cached_stages(stages: list[Stage], views: int, num_blocks: int) -> tuple[int, int]:
+    """(how many leading stages train on cached features, how many top blocks run above the cache).
+
+    The cache holds the output of the backbone below the highest block any of those stages
+    unfreezes, so one cache serves them all: the head-only ones run the (frozen) top blocks
+    over it, the others train them. It lasts while no stage trains what lies below it: the
+    leading stages that unfreeze at most some blocks (not ``train: all``, nor the implicit stage).
+    """
+    if not views:
+        return 0, 0
+    n = 0
+    while n < len(stages) and stages[n].unfreeze is not None and stages[n].unfreeze <= num_blocks:
+        n += 1
+    return n, max((s.unfreeze for s in stages[:n]), default=0)
+
+
+def _update_cache(run: Run, model: EmbeddingModel, index: int) -> None:
+    """Build the feature cache for the leading cached stages (once); drop it after them."""
     cfg = run.cfg
     views = cfg.train.feature_cache.views
-    if stage.unfreeze != 0 or not views:
-        run.cache = None
+    n_cached, top = cached_stages(run.stages, views, model.backbone.num_layers)
+    if index >= n_cached:
+        run.cache, model.cache_top = None, 0
         return
     if run.cache is not None:
         return
     if cfg.data.domain_aug:
         raise ConfigError("train.feature_cache.views: the feature cache does not support data.domain_aug "
                           "(per-domain transforms); set train.feature_cache.views=0")
+    model.cache_top = top
     dtype = CACHE_DTYPES.get(cfg.train.feature_cache.dtype)
     if dtype is None:
         raise ConfigError(f"train.feature_cache.dtype: '{cfg.train.feature_cache.dtype}' must be one of "
@@ -517,8 +535,9 @@ def _wise(run: Run) -> dict[str, Any] | None:
         return None
     tuned = _load_weights(best_dir / "model.safetensors")
     net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
-    # the backbone never trained: its cached features stay valid for every mix
-    cache = run.cache if all(s.unfreeze == 0 for s in run.stages) else None
+    # only what lies above the cache trained: the cached features stay valid for every mix
+    n_cached = cached_stages(run.stages, cfg.train.feature_cache.views, net.backbone.num_layers)[0]
+    cache = run.cache if n_cached == len(run.stages) else None
     rows = []
     for alpha in check_wise(cfg, run.val_ds is not None):
         net.load_state_dict(mix_weights(run.initial, tuned, alpha))

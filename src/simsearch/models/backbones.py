@@ -50,6 +50,27 @@ class Backbone(nn.Module):
         """0 for the stem / embeddings, i + 1 for block or stage i, num_layers + 1 for final norms."""
         raise NotImplementedError
 
+    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        """Everything below the last ``top`` blocks (0: all of ``forward_features``).
+
+        With :meth:`forward_upper` it splits ``forward_features`` at a block boundary, so a
+        training stage that unfreezes only the top blocks can cache the frozen part's output.
+        """
+        if top == 0:
+            return self.forward_features(x)
+        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary; "
+                                  "cache features only for head-only stages (train: head)")
+
+    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
+        """The last ``top`` blocks and the final norm over :meth:`forward_lower`'s output."""
+        if top == 0:
+            return h
+        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary")
+
+    def _check_top(self, top: int) -> None:
+        if not 0 <= top <= self.num_layers:
+            raise ValueError(f"top={top}: the backbone has {self.num_layers} blocks")
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         raise NotImplementedError
 
@@ -120,6 +141,25 @@ class OpenClipBackbone(Backbone):
         x = self.visual._embeds(x)
         x = self.visual.transformer(x)
         return self.visual.ln_post(x[:, 0])
+
+    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        """Tokens (B, 1 + N, C), CLS first, after the first L - ``top`` residual blocks."""
+        self._check_top(top)
+        if top == 0:
+            return self.forward_features(x)
+        x = self.visual._embeds(x)
+        for block in self.visual.transformer.resblocks[: self.num_layers - top]:
+            x = block(x)
+        return x
+
+    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
+        """The last ``top`` blocks, ln_post, and the patch tokens (CLS dropped), as forward_features."""
+        self._check_top(top)
+        if top == 0:
+            return h
+        for block in self.visual.transformer.resblocks[self.num_layers - top:]:
+            h = block(h)
+        return self.visual.ln_post(h)[:, 1:]
 
     def layer_id(self, param_name: str) -> int:
         name = param_name.removeprefix("visual.")
@@ -204,6 +244,45 @@ class TimmBackbone(Backbone):
         if feats.dim() != 3 or getattr(self.model, "num_prefix_tokens", 0) == 0:
             raise ValueError("model.pooling=cls needs a ViT with a class token; use gem or avg")
         return feats[:, 0]
+
+    def _splittable(self) -> str:
+        """'cnn' for EfficientNet-style models (conv_stem, bn1, blocks = the LLRD stages, conv_head,
+        bn2), 'vit' for timm ViTs (patch_embed, blocks, norm); '' when the split is unknown."""
+        m = self.model
+        blocks = getattr(m, "blocks", None)
+        if blocks is None or len(blocks) != self.num_layers:
+            return ""
+        if all(hasattr(m, a) for a in ("conv_stem", "bn1", "conv_head", "bn2")):
+            return "cnn"
+        if self.is_vit and all(hasattr(m, a) for a in ("patch_embed", "_pos_embed", "norm")):
+            return "vit"
+        return ""
+
+    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        self._check_top(top)
+        kind = self._splittable() if top else ""
+        if top == 0 or not kind:
+            return super().forward_lower(x, top)
+        m = self.model
+        if kind == "cnn":
+            x = m.bn1(m.conv_stem(x))
+        else:
+            x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+        for block in m.blocks[: self.num_layers - top]:
+            x = block(x)
+        return x
+
+    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
+        self._check_top(top)
+        kind = self._splittable() if top else ""
+        if top == 0 or not kind:
+            return super().forward_upper(h, top)
+        m = self.model
+        for block in m.blocks[self.num_layers - top:]:
+            h = block(h)
+        if kind == "cnn":
+            return m.bn2(m.conv_head(h))
+        return m.norm(h)[:, getattr(m, "num_prefix_tokens", 0):]
 
     def layer_id(self, param_name: str) -> int:
         return self._groups.get(param_name.removeprefix("model."), self.num_layers + 1)

@@ -30,6 +30,7 @@ class EmbeddingModel(nn.Module):
         embed_dim = embed_dim or backbone.num_features  # null: the backbone's own width
         self.head = EmbeddingHead(backbone.num_features, embed_dim, dropout, init=head_init)
         self.embed_dim = embed_dim
+        self.cache_top = 0  # backbone blocks above the cached features (training/feature_cache.py)
 
     @property
     def data_config(self):
@@ -41,19 +42,26 @@ class EmbeddingModel(nn.Module):
         return self.forward_from_features(x if features else self.backbone_features(x))
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
-        """What the frozen part computes: spatial features (or the CLS vector for ``cls`` pooling).
+        """What the frozen part computes: the backbone below its last ``cache_top`` blocks (all of
+        it at 0: spatial features, or the CLS vector for ``cls`` pooling).
 
-        A head-only training stage caches these (training/feature_cache.py) and trains
-        :meth:`forward_from_features` on them, so it pays for no backbone forward per epoch.
+        A training stage that trains only the head or the top blocks caches these
+        (feature_cache.py) and trains :meth:`forward_from_features` on them, so it pays for no
+        frozen forward per epoch. ``forward_from_features(backbone_features(x))`` is ``forward(x)``
+        whatever ``cache_top`` is.
         """
         if self.pooling_name == "cls":
+            if self.cache_top:
+                raise ValueError("model.pooling=cls: features can be cached for head-only stages only")
             return self.backbone.forward_cls(images)
-        return self.backbone.forward_features(images)
+        return self.backbone.forward_lower(images, self.cache_top)
 
     def forward_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Pooling (GeM over maps or tokens; nothing for a CLS vector) and the head."""
-        pooled = features if self.pooling_name == "cls" else self.pool(features)
-        return self.head(pooled)
+        """The backbone's top ``cache_top`` blocks, pooling (GeM over maps or tokens; nothing for a
+        CLS vector) and the head."""
+        if self.pooling_name == "cls":
+            return self.head(features)
+        return self.head(self.pool(self.backbone.forward_upper(features, self.cache_top)))
 
     def train(self, mode: bool = True) -> "EmbeddingModel":
         """As nn.Module.train, but BatchNorm layers whose weights are frozen (a head-only stage,
