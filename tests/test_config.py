@@ -69,7 +69,12 @@ def test_shipped_configs_load():
     assert (cfg.train.batch_p, cfg.train.batch_k) == (32, 4)
     assert (cfg.loss.circle_m, cfg.loss.circle_gamma) == (0.4, 80.0)
     assert cfg.train.miner_start_epoch == 5 and cfg.train.warmup_frac == 0.15
-    assert cfg.model.embed_dim == 512 and cfg.model.dropout == 0.1 and cfg.train.weight_decay == 0.05
+    assert cfg.model.dropout == 0.1 and cfg.train.weight_decay == 0.05
+    # the recipe: identity head at the backbone's width, head first, then the whole model, WiSE-FT
+    assert cfg.model.embed_dim is None and cfg.model.head_init == "identity"
+    assert [dict(s) for s in cfg.train.stages] == [{"epochs": 2, "train": "head", "lr": 1e-3},
+                                                   {"epochs": 18, "lr": 1e-4}]
+    assert cfg.train.wise_alphas[0] == 0.0 and cfg.train.wise_alphas[-1] == 1.0
 
 
 def test_missing_and_invalid_files(tmp_path):

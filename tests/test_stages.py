@@ -148,10 +148,12 @@ def test_head_stage_then_last_block_stage_on_the_tiny_vit(tmp_path, monkeypatch)
     assert "stage 2/2, epochs 1-2: head + last 1 of 2 backbone blocks" in log
 
 
+@pytest.mark.parametrize("extra", [[], ["train.feature_cache.views=2", "loss.xbm_size=16",
+                                         "train.wise_alphas=[0, 0.5, 1]"]], ids=["plain", "cached-xbm-wise"])
 @pytest.mark.parametrize("kill_at", [2, 3], ids=["at-the-stage-boundary", "mid-stage-2"])
-def test_resume_across_stages_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_at):
+def test_resume_across_stages_matches_an_uninterrupted_run(tmp_path, monkeypatch, kill_at, extra):
     data = make_class_folder(tmp_path / "train", n_classes=6, per_class=6, seed=2)
-    args = ["--config", TINY, f"data.train_dir={data}", "train.max_steps_per_epoch=2", *TWO_STAGES]
+    args = ["--config", TINY, f"data.train_dir={data}", "train.max_steps_per_epoch=2", *TWO_STAGES, *extra]
     assert main([*args, f"train.output_dir={tmp_path / 'full'}"]) == 0
     real, calls = engine.train_one_epoch, []
 
@@ -171,9 +173,10 @@ def test_resume_across_stages_matches_an_uninterrupted_run(tmp_path, monkeypatch
     for a, b in zip(full, resumed):
         for key in ("epoch", "step", "loss", "lr", "r1", "r5", "map"):
             assert a[key] == b[key], (key, a, b)
-    wa = load_file(str(tmp_path / "full/tiny_test/last/model.safetensors"))
-    wb = load_file(str(tmp_path / "stopped/tiny_test/last/model.safetensors"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for folder in ("last", "best"):  # best/: the WiSE-FT mix, when switched on
+        wa = load_file(str(tmp_path / f"full/tiny_test/{folder}/model.safetensors"))
+        wb = load_file(str(tmp_path / f"stopped/tiny_test/{folder}/model.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), folder
 
 
 def test_triplet_staged_config_trains_efficientnet_in_two_stages(tmp_path, monkeypatch):

@@ -104,8 +104,13 @@ def test_lite0_backbone_through_config():
     cfg = load([CONFIGS / "effnet_lite0_offline.yaml"])
     model = build_model(cfg)
     assert model.data_config.mean == (0.5, 0.5, 0.5)
-    out = model.eval()(torch.randn(2, 3, 160, 160))
-    assert out.shape == (2, 512)
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        out = model.eval()(x)
+        # the recipe's identity head: the embedding is the backbone's normalised GeM feature
+        gem = model.pool(model.backbone.forward_features(x))
+    assert out.shape == (2, 1280)
+    assert torch.allclose(out, torch.nn.functional.normalize(gem, dim=1), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -116,7 +121,8 @@ def test_vit_l14_config_builds_and_trains_one_step_on_cpu():
     cfg = load([CONFIGS / "vit_l14_circle.yaml"], ["model.pretrained=null"])
     model = build_model(cfg)
     assert model.backbone.num_layers == 24
-    loss = LossWrapper(build_loss(cfg, 2, 512))
+    assert model.embed_dim == 1024  # identity head at ViT-L/14's width
+    loss = LossWrapper(build_loss(cfg, 2, model.embed_dim))
     opt = build_optimizer(model, loss, 1e-4, 0.75, 0.05)
     x, y = torch.randn(4, 3, 224, 224), torch.tensor([0, 0, 1, 1])
     value = loss(model.train()(x), y)

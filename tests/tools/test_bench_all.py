@@ -11,6 +11,7 @@ if str(REPO_ROOT) not in sys.path:  # tools/ is not an installed package
     sys.path.insert(0, str(REPO_ROOT))
 
 from tools.bench.all import BENCHMARKS, main  # noqa: E402
+from tools.bench.index import CALTECH  # noqa: E402
 
 
 def test_all_benchmarks_smallest(tmp_path: Path, capsys) -> None:
@@ -27,6 +28,10 @@ def test_all_benchmarks_smallest(tmp_path: Path, capsys) -> None:
     assert "| timm:tf_efficientnet_lite0 | 64 |" in out  # extraction
     assert "| ours | " in out and "| plain | " in out  # training step
     assert "| clustered 2000 | 2000 | Flat | exact |" in out  # index
-    assert "| caltech101 | 16 | Flat | exact |" in out or "caltech101 not found" in out
+    # the real-embedding rows run exactly when the dev data set sits beside the checkout
+    if (CALTECH / "gallery").is_dir():
+        assert "| caltech101 | 16 | Flat | exact |" in out
+    else:
+        assert "caltech101 not found" in out and "| caltech101 |" not in out
     summary = json.loads((tmp_path / "all.json").read_text())
     assert [r["benchmark"] for r in summary["results"]] == list(BENCHMARKS)

@@ -49,7 +49,8 @@ from tools.bench.common import (  # noqa: E402
 
 __all__ = ["main", "recall_at_k"]
 
-CALTECH = Path("/work/shared/data/caltech101/test")
+# the dev data set beside the checkout (../shared/data), wherever the checkout lives
+CALTECH = Path(__file__).resolve().parents[3] / "shared" / "data" / "caltech101" / "test"
 EF_SEARCH = (16, 32, 64, 128, 256)
 NPROBE = (1, 4, 16, 64)
 GOAL_RECALL, GOAL_SPEEDUP = 0.95, 20.0
