@@ -113,3 +113,22 @@ def test_bad_view_style_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="min_area must be in"):
         build_demo_competition(tmp_path / "x", views_per_item=2, style=ViewStyle(min_area=0.0))
+
+
+def test_seen_item_protocol(tmp_path: Path) -> None:
+    """Every item trains on 3 views; each test query's relevant images are its item's other views."""
+    out = tmp_path / "seen"
+    info = build_demo_competition(out, seed=0, views_per_item=5, crop_grid=1, seen_items=3)
+    items = sorted((out / "training").iterdir())
+    assert len(items) == info["items"] == info["train_items"]
+    assert all(len(list(d.glob("*.jpg"))) == 3 for d in items)
+    truth = json.loads((out / "test" / "ground_truth.json").read_text())
+    assert len(truth) == info["queries"] == info["test_items"]
+    assert all(len(rel) == 5 - 3 - 1 for rel in truth.values())
+    hashes = _hashes(out)
+    train = {h for k, h in hashes.items() if k.startswith("training/")}
+    test = {h for k, h in hashes.items() if k.startswith("test/") and k.endswith(".jpg")}
+    assert train.isdisjoint(test)
+    assert "Seen items (a known catalogue)" in (out / "README.md").read_text()
+    with pytest.raises(ValueError, match="seen_items=4 must leave at least 2 views"):
+        build_demo_competition(tmp_path / "bad", views_per_item=5, seen_items=4)

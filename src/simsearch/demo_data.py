@@ -207,6 +207,14 @@ def _write_split(root: Path, views: list[list[bytes]], train_idx: list[int], tes
         q = int(rng.integers(len(views[idx])))
         queries.append((idx, views[idx][q]))
         gallery.extend((idx, data) for j, data in enumerate(views[idx]) if j != q)
+    if not test_idx:
+        return {"train_images": n_train_images}
+    return {"train_images": n_train_images, **_write_test(root, queries, gallery, rng)}
+
+
+def _write_test(root: Path, queries: list[tuple[int, bytes]], gallery: list[tuple[int, bytes]],
+                rng: np.random.Generator) -> dict[str, int]:
+    """test/query, test/gallery (shuffled, neutral names) and test/ground_truth.json (by item)."""
     qdir, gdir = root / "test" / "query", root / "test" / "gallery"
     qdir.mkdir(parents=True)
     gdir.mkdir(parents=True)
@@ -223,7 +231,20 @@ def _write_split(root: Path, views: list[list[bytes]], train_idx: list[int], tes
         (qdir / name).write_bytes(data)
         truth[name] = sorted(by_item[idx])
     (root / "test" / "ground_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True) + "\n")
-    return {"train_images": n_train_images, "queries": len(queries), "gallery": len(gallery)}
+    return {"queries": len(queries), "gallery": len(gallery)}
+
+
+def _write_split_seen(root: Path, views: list[list[bytes]], test_idx: list[int], train_views: int,
+                      rng: np.random.Generator) -> dict[str, int]:
+    """Seen-item protocol: every item trains on its first ``train_views`` views; each test item's
+    other views give one query and the gallery (as a competition with a known catalogue)."""
+    seen_views = [v[:train_views] for v in views]
+    rest = [v[train_views:] for v in views]
+    counts = _write_split(root, seen_views, list(range(len(views))), [], rng)
+    queries = [(idx, rest[idx][0]) for idx in test_idx]
+    gallery = [(idx, data) for idx in test_idx for data in rest[idx][1:]]
+    counts.update(_write_test(root, queries, gallery, rng))
+    return counts
 
 
 def _wrapped(names: tuple[str, ...]) -> str:
@@ -232,7 +253,7 @@ def _wrapped(names: tuple[str, ...]) -> str:
 
 
 def _readme(counts: dict[str, int], seed: int, views_per_item: int, crop_grid: int, skipped: int,
-            disk_mb: float, style: ViewStyle) -> str:
+            disk_mb: float, style: ViewStyle, seen_items: int = 0) -> str:
     """The competition's README, in the style of the caltech101 one; no timestamps (determinism)."""
     version = importlib.metadata.version("scikit-image")
     return f"""# skimage_items — instance-level image-retrieval demo (real photos, offline)
@@ -261,8 +282,7 @@ builds it without network access.
   (area {style.min_area:g}-1, aspect 3/4-4/3), rotation of up to +-{style.max_rotation:g} degrees (reflect-padded, no black corners),
   horizontal flip (p=0.3), brightness/contrast/saturation jitter, Gaussian blur (p=0.3),
   longer side resized to {LONG_SIDE} px, JPEG quality 85-95. Deterministic for a given seed.
-- Split by item (seeded): {round(TRAIN_FRACTION * 100)}% of the items -> `training/item_XXX/`
-  (all their views); for each other item one view -> `test/query/`, the rest -> `test/gallery/`.
+- {_split_text(seen_items, views_per_item)}
   No image bytes are shared between training, query and gallery (sha256-checked).
   Training and test items cut from the same photo may overlap at region borders.
 - Query/gallery files are globally shuffled with neutral names (`q_NNNNN.jpg`, `g_NNNNN.jpg`);
@@ -276,7 +296,7 @@ builds it without network access.
 | test/gallery | {counts["test_items"]} | {counts["gallery"]} |
 | total | {counts["items"]} | {counts["train_images"] + counts["queries"] + counts["gallery"]} |
 
-- Relevant gallery images per query: {views_per_item - 1}.
+- Relevant gallery images per query: {views_per_item - 1 - seen_items}.
 - Image bytes: {disk_mb:.1f} MB.
 
 ## Caveats
@@ -285,19 +305,36 @@ builds it without network access.
 """
 
 
+def _split_text(seen_items: int, views_per_item: int) -> str:
+    if seen_items:
+        return (f"Seen items (a known catalogue): every item -> `training/item_XXX/` with {seen_items} of its "
+                f"views; for {100 - round(TRAIN_FRACTION * 100)}% of the items (seeded) one other view -> "
+                f"`test/query/`, the remaining {views_per_item - seen_items - 1} -> `test/gallery/`.")
+    return (f"Split by item (seeded): {round(TRAIN_FRACTION * 100)}% of the items -> `training/item_XXX/`\n"
+            "  (all their views); for each other item one view -> `test/query/`, the rest -> `test/gallery/`.")
+
+
 def _check_target(out: Path, force: bool) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise FileExistsError(f"{out} exists and is not empty (pass force=True to replace it)")
 
 
 def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: int = 6,
-                           crop_grid: int = 2, force: bool = False, style: ViewStyle = ViewStyle()) -> dict:
+                           crop_grid: int = 2, force: bool = False, style: ViewStyle = ViewStyle(),
+                           seen_items: int = 0) -> dict:
     """Build the competition under ``out_dir`` (via a temporary sibling, renamed at the end).
 
     Returns the counts (items, train_items, test_items, train_images, queries, gallery) and the
     paths (out_dir, training_dir, query_dir, gallery_dir, ground_truth). Raises FileExistsError when
     ``out_dir`` is non-empty and ``force`` is false.
+
+    ``seen_items`` > 0 switches to the seen-item protocol (a known catalogue, like caltech101's seen
+    classes): every item trains on ``seen_items`` of its views; the test items' other views are
+    their query and gallery images.
     """
+    if seen_items and not 0 < seen_items <= views_per_item - 2:
+        raise ValueError(f"seen_items={seen_items} must leave at least 2 views per item for the test "
+                         f"(views_per_item={views_per_item})")
     if views_per_item < 2:
         raise ValueError("views_per_item must be >= 2 (a query needs at least one gallery view)")
     if crop_grid < 1:
@@ -316,10 +353,15 @@ def build_demo_competition(out_dir: str | Path, seed: int = 0, views_per_item: i
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        counts = {"items": len(items), "train_items": n_train, "test_items": len(items) - n_train}
-        counts.update(_write_split(tmp, views, order[:n_train], order[n_train:], rng))
+        if seen_items:
+            counts = {"items": len(items), "train_items": len(items), "test_items": len(items) - n_train}
+            counts.update(_write_split_seen(tmp, views, order[n_train:], seen_items, rng))
+        else:
+            counts = {"items": len(items), "train_items": n_train, "test_items": len(items) - n_train}
+            counts.update(_write_split(tmp, views, order[:n_train], order[n_train:], rng))
         disk_mb = sum(len(v) for vs in views for v in vs) / 1e6
-        (tmp / "README.md").write_text(_readme(counts, seed, views_per_item, crop_grid, skipped, disk_mb, style))
+        (tmp / "README.md").write_text(_readme(counts, seed, views_per_item, crop_grid, skipped, disk_mb, style,
+                                                 seen_items))
         tmp.chmod(0o755)
         swap_into_place(tmp, out)
     except BaseException:

@@ -36,10 +36,11 @@ class EmbeddingModel(nn.Module):
     def data_config(self):
         return self.backbone.data_config
 
-    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
-        """Embeddings of images, or with ``features=True`` of cached :meth:`backbone_features`
-        (a keyword, so that a DDP-wrapped model still syncs the head's gradients)."""
-        return self.forward_from_features(x if features else self.backbone_features(x))
+    def forward(self, images: torch.Tensor, features: bool = False) -> torch.Tensor:
+        """Embeddings of ``images``, or with ``features=True`` of cached :meth:`backbone_features`
+        passed in their place (a keyword, so that a DDP-wrapped model still syncs the head's
+        gradients; the argument keeps the name ``images`` that the ONNX export's axes refer to)."""
+        return self.forward_from_features(images if features else self.backbone_features(images))
 
     def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
         """What the frozen part computes: the backbone below its last ``cache_top`` blocks (all of
