@@ -18,7 +18,8 @@ def test_demo_loop_on_a_competition_folder(tmp_path, monkeypatch, capsys):
     gt = json.loads((comp / "test" / "ground_truth.json").read_text())
     assert sorted(sub) == sorted(gt)
     # the side-by-side table: both models, plain and post-processed
-    for row in ("| untrained | none |", "| untrained | shipped |", "| fine-tuned | none |", "| fine-tuned | shipped |"):
+    for row in ("| untrained | none |", "| untrained | shipped |",
+                "| fine-tuned | none |", "| fine-tuned | shipped |"):
         assert row in out
     assert "leaderboard" in out
     assert (tmp_path / "submissions" / "leaderboard.csv").is_file()

@@ -61,7 +61,8 @@ def test_cached_head_stage_trains_the_same_head_as_an_uncached_one(tmp_path):
     common = [*DETERMINISTIC, *HEAD_STAGE, "train.feature_cache.dtype=float32"]
     plain = _train(tmp_path, "plain", *common, "train.feature_cache.views=0")
     cached = _train(tmp_path, "cached", *common, "train.feature_cache.views=1")
-    a, b = load_file(str(plain / "last" / "model.safetensors")), load_file(str(cached / "last" / "model.safetensors"))
+    a = load_file(str(plain / "last" / "model.safetensors"))
+    b = load_file(str(cached / "last" / "model.safetensors"))
     seed_everything(0)
     start = build_model(load([TINY])).state_dict()
     assert not torch.allclose(a["head.fc.weight"], start["head.fc.weight"])  # it did train
@@ -106,7 +107,8 @@ def test_oversized_feature_cache_is_refused_naming_the_key(tmp_path, capsys):
     assert "over train.feature_cache.max_gb" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("spec", ["open_clip:ViT-Tiny-Test", "timm:tf_efficientnet_lite0", "timm:vit_tiny_patch16_224"])
+@pytest.mark.parametrize("spec", ["open_clip:ViT-Tiny-Test", "timm:tf_efficientnet_lite0",
+                                  "timm:vit_tiny_patch16_224"])
 def test_backbone_split_at_every_block_boundary_is_forward_features(spec):
     from simsearch.models.backbones import create_backbone
 

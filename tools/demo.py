@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from simsearch.quality import describe_post, quality_table, score_checkpoint
 
     cfg = load([CONFIG], overrides)
-    rows = [{"name": "untrained", "train_s": None, "scores": score_checkpoint(work / f"{name}_untrained" / "best", test, cfg)},
+    untrained = work / f"{name}_untrained" / "best"
+    rows = [{"name": "untrained", "train_s": None, "scores": score_checkpoint(untrained, test, cfg)},
             {"name": "fine-tuned", "train_s": train_s, "scores": score_checkpoint(ckpt, test, cfg)}]
     print(quality_table(rows, describe_post(cfg)))
 

@@ -279,7 +279,8 @@ builds it without network access.
   so neighbouring items share content. Regions with grey-level std < {MIN_REGION_STD:g} are dropped
   ({skipped} dropped).
 - Views ("photos of the item"), {views_per_item} per item: random resized crop inside the region
-  (area {style.min_area:g}-1, aspect 3/4-4/3), rotation of up to +-{style.max_rotation:g} degrees (reflect-padded, no black corners),
+  (area {style.min_area:g}-1, aspect 3/4-4/3), rotation of up to +-{style.max_rotation:g} degrees
+  (reflect-padded, no black corners),
   horizontal flip (p=0.3), brightness/contrast/saturation jitter, Gaussian blur (p=0.3),
   longer side resized to {LONG_SIDE} px, JPEG quality 85-95. Deterministic for a given seed.
 - {_split_text(seen_items, views_per_item)}
