@@ -30,7 +30,6 @@ from .config import ConfigError
 from .config import save as save_config
 from .data import (
     ImageDataset,
-    build_transforms,
     drop_small_classes,
     read_manifest,
     scan_class_folders,
@@ -40,6 +39,7 @@ from .data import (
 from .data.domains import check_domain_config
 from .data.sampler import EpochBatchSampler
 from .data.train_loader import build_train_dataset, build_train_loader
+from .data.transforms import eval_transform
 from .feature_cache import CACHE_DTYPES, FeatureCache, backbone_feature_shape, cache_bytes
 from .losses import build_loss_wrapper, check_loss_config
 from .metrics import retrieval_metrics_from_embeddings
@@ -127,8 +127,7 @@ def _loaders(cfg: DictConfig, model: EmbeddingModel, train: list, val: list,
     # data.sampler (P-K or pairs) and data.domain_aug are decided in build_train_loader
     loader, sampler = build_train_loader(cfg, train, size, dc.mean, dc.std, accelerator.num_processes,
                                          accelerator.process_index, _worker_init)
-    t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
-    val_ds = ImageDataset(val, t_eval) if val else None
+    val_ds = ImageDataset(val, eval_transform(cfg, dc)) if val else None
     return loader, sampler, val_ds
 
 
@@ -414,8 +413,7 @@ def _update_cache(run: Run, model: EmbeddingModel, index: int) -> None:
                           f"features {shape} need {need / 1e9:.1f} GB, over train.feature_cache.max_gb="
                           f"{cfg.train.feature_cache.max_gb}; lower train.feature_cache.views, raise max_gb, "
                           "or set views=0 (no cache)")
-    t_eval = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
-    sets = [ImageDataset(run.train_samples, t_eval)]
+    sets = [ImageDataset(run.train_samples, eval_transform(cfg, dc))]
     for v in range(1, views):  # augmented views: the training pipeline, reseeded per view
         ds = build_train_dataset(cfg.data, run.train_samples, size, dc.mean, dc.std)
         ds.transform.set_random_seed(cfg.seed * 1000 + v)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from .data import build_transforms
+from .data.transforms import eval_transform
 from .retrieval.embed import embed_dataset
 from .retrieval.fusion import candidate_cosines, fuse_per_query, rescore_head
 from .retrieval.multicrop import CropDataset, MultiCropOptions, build_detector, crop_items
@@ -87,8 +87,7 @@ def embed_query_crops(model, query, cfg: DictConfig, opts: MultiCropOptions, det
     detector = detector if detector is not None else build_detector(opts)
     items, owner = crop_items([query.folder / n for n in query.names], opts, detector)
     dc = model.data_config
-    transform = build_transforms(cfg.data.image_size or dc.input_size, dc.mean, dc.std, train=False,
-                                 resize_ratio=cfg.data.eval_resize_ratio)
+    transform = eval_transform(cfg, dc)
     emb, ok = embed_dataset(model, CropDataset(items, transform), accelerator, batch_size=cfg.infer.batch_size,
                             num_workers=cfg.data.num_workers, tta_flip=tta_flip, scales=scales,
                             desc="query crops" + ("+TTA" if tta_flip else ""))

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import __version__
 from .checkpoint import checkpoint_hash, git_sha, load_model
-from .data import FlatImageDataset, build_transforms, scan_class_folders
+from .data import FlatImageDataset, scan_class_folders
+from .data.transforms import eval_transform
 from .enhancements import (
     CropEmbeddings,
     Enhancements,
@@ -51,7 +52,7 @@ def embed_folder(model, folder: str | Path, cfg: DictConfig, accelerator=None, t
     """Embed every image of a flat folder; ``cache`` = (cache_dir, checkpoint sha) reuses results."""
     dc = model.data_config
     size = cfg.data.image_size or dc.input_size
-    transform = build_transforms(size, dc.mean, dc.std, train=False, resize_ratio=cfg.data.eval_resize_ratio)
+    transform = eval_transform(cfg, dc)
     ds = FlatImageDataset(folder, transform)
     t0 = time.perf_counter()
     key = None

@@ -87,3 +87,20 @@ def test_workers_do_not_repeat_each_others_augmentations() -> None:
     loader = DataLoader(_SameImage(), batch_size=1, num_workers=2)
     first, second = list(loader)[:2]  # item 0 from worker 0, item 1 from worker 1
     assert not torch.equal(first, second)
+
+
+def test_eval_transform_follows_the_config_and_the_backbone():
+    """The one eval pipeline: data.image_size (else the backbone's size), its mean/std, the resize ratio."""
+    from simsearch.config import load
+    from simsearch.data.transforms import eval_transform
+    from simsearch.models.backbones import DataConfig
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    dc = DataConfig(48, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    own = eval_transform(load([], ["data.eval_resize_ratio=1.3"]), dc)(img)
+    assert own.shape == (3, 48, 48)
+    by_hand = build_transforms(48, dc.mean, dc.std, train=False, resize_ratio=1.3)(img)
+    assert torch.equal(own, by_hand)
+    assert not torch.equal(own, build_transforms(48, dc.mean, dc.std, train=False, resize_ratio=1.0)(img))
+    assert eval_transform(load([], ["data.image_size=32"]), dc)(img).shape == (3, 32, 32)

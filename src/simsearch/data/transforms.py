@@ -76,6 +76,14 @@ def build_transforms(
     return _finish(steps, mean, std)
 
 
+def eval_transform(cfg, data_config) -> ImageTransform:
+    """The one eval pipeline of a config and a backbone: ``data.image_size`` (or the backbone's own
+    size), the backbone's mean and std, and ``data.eval_resize_ratio``. Validation, the feature
+    cache, inference, crops and second stages all embed through it, so none can drift."""
+    return build_transforms(cfg.data.image_size or data_config.input_size, data_config.mean, data_config.std,
+                            train=False, resize_ratio=cfg.data.eval_resize_ratio)
+
+
 _RESIZE = {"interpolation": cv2.INTER_CUBIC, "area_for_downscale": "image"}
 
 

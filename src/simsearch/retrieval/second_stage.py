@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..config import section_values
-from ..data import ImageDataset, build_transforms
+from ..data import ImageDataset
+from ..data.transforms import eval_transform
 from .embed import embed_dataset
 
 __all__ = ["SecondStage", "SecondStageOptions", "resolve_config_path"]
@@ -91,9 +92,7 @@ class SecondStage:
                  description: str = "") -> None:
         self.model, self.opts = model, opts
         dc = model.data_config
-        size = cfg.data.image_size or dc.input_size
-        self.transform = build_transforms(size, dc.mean, dc.std, train=False,
-                                          resize_ratio=cfg.data.eval_resize_ratio)
+        self.transform = eval_transform(cfg, dc)
         self.tta_flip, self.scales = tta_flip, tuple(scales)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.description = description
