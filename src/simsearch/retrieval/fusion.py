@@ -11,10 +11,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["FUSIONS", "candidate_cosines", "fuse_per_query", "max_fusion", "reciprocal_rank_fusion",
-           "rescore_head"]
+__all__ = ["FUSIONS", "candidate_cosines", "check_rescoring", "fuse_per_query", "max_fusion",
+           "reciprocal_rank_fusion", "rescore_head"]
 
 FUSIONS = ("rrf", "max")
+
+
+def check_rescoring(section: str, weight: float, candidates: int) -> None:
+    """The options every re-scoring stage shares (coarse-to-fine, text fusion): a weight in [0, 1]
+    for the second score and at least one first-stage candidate; errors name ``section.key``."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"{section}.weight must be in [0, 1], got {weight}")
+    if candidates < 1:
+        raise ValueError(f"{section}.candidates must be >= 1, got {candidates}")
 
 
 def _sorted(scores: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:

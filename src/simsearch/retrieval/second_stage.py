@@ -23,6 +23,7 @@ from ..config import section_values
 from ..data import ImageDataset
 from ..data.transforms import eval_transform
 from .embed import embed_dataset
+from .fusion import check_rescoring
 
 __all__ = ["SecondStage", "SecondStageOptions", "resolve_config_path"]
 
@@ -46,10 +47,7 @@ class SecondStageOptions:
         if opts.enabled and bool(opts.checkpoint) == bool(opts.config):
             raise ValueError("infer.second_stage.enabled needs exactly one of infer.second_stage.checkpoint "
                              "(a run's best/ folder) and infer.second_stage.config (a model config YAML)")
-        if not 0.0 <= opts.weight <= 1.0:
-            raise ValueError(f"infer.second_stage.weight must be in [0, 1], got {opts.weight}")
-        if opts.candidates < 1:
-            raise ValueError(f"infer.second_stage.candidates must be >= 1, got {opts.candidates}")
+        check_rescoring("infer.second_stage", opts.weight, opts.candidates)
         return opts
 
 

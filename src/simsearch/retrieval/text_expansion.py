@@ -21,6 +21,7 @@ import numpy as np
 
 from ..config import section_values
 from ..data.io import ImageLoadError, load_image
+from .fusion import check_rescoring
 
 __all__ = ["Captioner", "TextEncoder", "TextOptions", "image_texts", "load_blip_captioner",
            "load_sentence_encoder", "read_titles"]
@@ -51,10 +52,7 @@ class TextOptions:
         if opts.enabled and not opts.captioner and not opts.titles_csv:
             raise ValueError("infer.text.enabled needs infer.text.titles_csv (a CSV of titles) or "
                              "infer.text.captioner (a local captioning model folder)")
-        if not 0.0 <= opts.weight <= 1.0:
-            raise ValueError(f"infer.text.weight must be in [0, 1], got {opts.weight}")
-        if opts.candidates < 1:
-            raise ValueError(f"infer.text.candidates must be >= 1, got {opts.candidates}")
+        check_rescoring("infer.text", opts.weight, opts.candidates)
         return opts
 
 
