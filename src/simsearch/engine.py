@@ -152,8 +152,8 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accel
                     cache: FeatureCache | None = None) -> dict[str, float]:
     """One pass over the P-K batches; returns the mean loss, last LR and throughput.
 
-    With ``cache`` (a head-only stage) the same batches come from the cached backbone features
-    and only pooling and the head run.
+    With ``cache`` (a leading stage that trains at most the top blocks) the same batches come from
+    the cached features of the frozen part, and only the top blocks, pooling and the head run.
     """
     model.train()
     max_steps = cfg.train.max_steps_per_epoch
@@ -205,7 +205,7 @@ def evaluate(model, val_ds: ImageDataset, accelerator: Accelerator, cfg: DictCon
              cache: FeatureCache | None = None) -> dict[str, float]:
     """R@1, R@5, mAP on the held-out images, each image querying all the others.
 
-    With ``cache`` (backbone frozen) the validation images' cached backbone features are used.
+    With ``cache`` (everything below it frozen) the validation images' cached features are used.
     """
     net = accelerator.unwrap_model(model)
     if cache is not None and cache.val is not None:
