@@ -56,15 +56,20 @@ class Backbone(nn.Module):
         With :meth:`forward_upper` it splits ``forward_features`` at a block boundary, so a
         training stage that unfreezes only the top blocks can cache the frozen part's output.
         """
-        if top == 0:
-            return self.forward_features(x)
-        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary; "
-                                  "cache features only for head-only stages (train: head)")
+        self._check_top(top)
+        return self.forward_features(x) if top == 0 else self._lower(x, top)
 
     def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
         """The last ``top`` blocks and the final norm over :meth:`forward_lower`'s output."""
-        if top == 0:
-            return h
+        self._check_top(top)
+        return h if top == 0 else self._upper(h, top)
+
+    def _lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        """forward_lower for 1 <= top <= num_layers: what a splittable backbone implements."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary; "
+                                  "cache features only for head-only stages (train: head)")
+
+    def _upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary")
 
     def _check_top(self, top: int) -> None:
@@ -142,21 +147,15 @@ class OpenClipBackbone(Backbone):
         x = self.visual.transformer(x)
         return self.visual.ln_post(x[:, 0])
 
-    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+    def _lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
         """Tokens (B, 1 + N, C), CLS first, after the first L - ``top`` residual blocks."""
-        self._check_top(top)
-        if top == 0:
-            return self.forward_features(x)
         x = self.visual._embeds(x)
         for block in self.visual.transformer.resblocks[: self.num_layers - top]:
             x = block(x)
         return x
 
-    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
+    def _upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
         """The last ``top`` blocks, ln_post, and the patch tokens (CLS dropped), as forward_features."""
-        self._check_top(top)
-        if top == 0:
-            return h
         for block in self.visual.transformer.resblocks[self.num_layers - top:]:
             h = block(h)
         return self.visual.ln_post(h)[:, 1:]
@@ -207,6 +206,7 @@ class TimmBackbone(Backbone):
         self.is_vit = hasattr(self.model, "blocks") and hasattr(self.model, "num_prefix_tokens")
         self._groups = self._layer_groups()
         self.num_layers = max(self._groups.values())
+        self._split_kind = self._splittable()  # the module structure is fixed: decide once, not per step
 
     def _load_lite0(self, name: str) -> None:
         if name != "tf_efficientnet_lite0":
@@ -258,13 +258,11 @@ class TimmBackbone(Backbone):
             return "vit"
         return ""
 
-    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
-        self._check_top(top)
-        kind = self._splittable() if top else ""
-        if top == 0 or not kind:
-            return super().forward_lower(x, top)
+    def _lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
+        if not self._split_kind:
+            return super()._lower(x, top)
         m = self.model
-        if kind == "cnn":
+        if self._split_kind == "cnn":
             x = m.bn1(m.conv_stem(x))
         else:
             x = m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
@@ -272,15 +270,13 @@ class TimmBackbone(Backbone):
             x = block(x)
         return x
 
-    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
-        self._check_top(top)
-        kind = self._splittable() if top else ""
-        if top == 0 or not kind:
-            return super().forward_upper(h, top)
+    def _upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
+        if not self._split_kind:
+            return super()._upper(h, top)
         m = self.model
         for block in m.blocks[self.num_layers - top:]:
             h = block(h)
-        if kind == "cnn":
+        if self._split_kind == "cnn":
             return m.bn2(m.conv_head(h))
         return m.norm(h)[:, getattr(m, "num_prefix_tokens", 0):]
 
