@@ -6,10 +6,10 @@ needs (model, loss, optimizer, scheduler, scaler, sampler position, RNG) goes in
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from .models.model import count_parameters
 from .optim import build_optimizer, build_scheduler
 from .retrieval.embed import embed_dataset
 from .stages import Stage, apply_stage, describe_stage, parse_stages, stage_index
+from .submission import write_bytes_atomic
 
 __all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "seed_everything"]
 
@@ -557,12 +558,12 @@ def _wise(run: Run) -> dict[str, Any] | None:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    """The rows as CSV through the project's one atomic writer (the run owns this file)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode("utf-8"), force=True)
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ def score_checkpoint(checkpoint: str | Path, test_dir: str | Path, cfg: DictConf
     gt = read_ground_truth(test / "ground_truth.json")
     opts = replace(RetrievalOptions.from_config(cfg.infer), top_k=0)  # rank the whole gallery: full mAP
     plain_opts = replace(opts, qe="none", dba_k=0, rerank=False)
-    embed = {False: None, True: None}
+    embed = {}  # made once per TTA setting: plain, and the config's TTA when it has one
     for tta in {False, bool(cfg.infer.tta_flip)}:
         scales = tuple(cfg.infer.tta_scales) if tta else (1.0,)
         embed[tta] = (embed_folder(model, test / "query", cfg, None, tta, scales, None, "queries"),

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from tools import train
-from tools.bench.common import header
+from tools.bench.common import header, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"WiSE-FT alpha kept: {rows[1]['wise_alpha']}"]))
     print(quality_table(rows, describe_post(cfg)))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     return 0
 
 
