@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,45 @@ def train_tiny_checkpoint(root: Path, n_classes: int) -> Path:
     assert train_main(["--config", str(CONFIGS / "tiny_test.yaml"), f"data.train_dir={train}",
                        f"train.output_dir={root / 'runs'}", "train.epochs=1"]) == 0
     return root / "runs" / "tiny_test" / "best"
+
+
+def metrics_rows(run: Path, name: str = "metrics.csv") -> list[dict]:
+    """The rows of a run folder's metrics.csv (or another CSV it holds, e.g. wise.csv)."""
+    import csv
+
+    with open(run / name) as f:
+        return list(csv.DictReader(f))
+
+
+@dataclass
+class KilledRun:
+    full: Path          # the uninterrupted run folder
+    resumed: Path       # the killed-then-resumed run folder
+    rows_at_kill: int   # metrics.csv rows the killed run had written
+
+
+def kill_and_resume(monkeypatch: pytest.MonkeyPatch, args: list[str], out: Path, kill_at: int,
+                    run_name: str = "tiny_test") -> KilledRun:
+    """Train ``args`` (tools/train.py arguments) to the end; train them again, killed (KeyboardInterrupt)
+    when epoch ``kill_at`` starts (1-based); resume that run with --resume. Callers compare the two folders."""
+    from tools.train import main as train_main
+
+    from simsearch.training import engine
+
+    assert train_main([*args, f"train.output_dir={out / 'full'}"]) == 0
+    real, calls = engine.train_one_epoch, []
+
+    def killed(*a, **k):
+        calls.append(1)
+        if len(calls) == kill_at:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    stopped = [*args, f"train.output_dir={out / 'stopped'}"]
+    monkeypatch.setattr(engine, "train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(stopped)
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    rows = len(metrics_rows(out / "stopped" / run_name))
+    assert train_main([*stopped, "--resume"]) == 0
+    return KilledRun(out / "full" / run_name, out / "stopped" / run_name, rows)

@@ -11,7 +11,7 @@ import argparse
 import ipaddress
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,7 +39,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.app import AppSettings, SearchService, launch_app
+        from simsearch.apps.app import AppSettings, SearchService, launch_app
 
         settings = AppSettings(top_k=args.top_k, max_upload_mb=args.max_upload_mb,
                                allow_private_urls=args.allow_private_urls, url_timeout=args.url_timeout,

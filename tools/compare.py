@@ -15,7 +15,7 @@ import logging
 import shlex
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _log_to_stderr()
     try:
-        from simsearch.compare import compare, parse_approach, run_approach
+        from simsearch.benchmarks.compare import compare, parse_approach, run_approach
 
         approaches = [parse_approach(s) for s in args.configs] + [run_approach(r) for r in args.runs]
         command = "python tools/compare.py " + shlex.join(sys.argv[1:] if argv is None else argv)

@@ -49,7 +49,7 @@ def _step(title: str) -> float:
 
 
 def _build_data(work: Path) -> tuple[Path, str]:
-    from simsearch.demo_data import ViewStyle, build_demo_competition
+    from simsearch.data.demo import ViewStyle, build_demo_competition
 
     d = DEMO_DATA
     info = build_demo_competition(work / "competition", seed=0, views_per_item=d["views_per_item"],
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, test = work / name / "best", data / "test"
 
     _step("3. does training pay? (test split)")
+    from simsearch.benchmarks.quality import describe_post, quality_table, score_checkpoint
     from simsearch.config import load
-    from simsearch.quality import describe_post, quality_table, score_checkpoint
 
     cfg = load([CONFIG], overrides)
     untrained = work / f"{name}_untrained" / "best"

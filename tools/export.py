@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from simsearch.export import DEFAULT_OPSET, EXPORTERS
+    from simsearch.models.export import DEFAULT_OPSET, EXPORTERS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a run's best/ or last/ folder")
@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.export import export_onnx
+        from simsearch.models.export import export_onnx
 
         info = export_onnx(args.checkpoint, args.out, opset=args.opset, force=args.force,
                            exporter=args.exporter, atol=args.atol)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.grid import submission_grid
+        from simsearch.apps.grid import submission_grid
 
         out = submission_grid(args.submission, args.query_dir, args.gallery_dir, args.out,
                               first_n=args.first_n, top_k=args.top_k, ground_truth=args.ground_truth,

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from simsearch.cli import USER_ERRORS, user_error
 from simsearch.config import load
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.index_store import add_to_index, build_index_dir
+        from simsearch.retrieval.store import add_to_index, build_index_dir
 
         if args.command == "build":
             cfg = load([Path(args.checkpoint) / "config.yaml"], args.overrides)

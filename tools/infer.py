@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from simsearch.cli import USER_ERRORS, user_error
 from simsearch.config import load
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         files = (args.config or [Path(args.checkpoint) / "config.yaml"]) + args.add_config
         cfg = load(files, args.overrides)
         if args.ablate:
-            from simsearch.predict import run_ablation
+            from simsearch.inference.predict import run_ablation
 
             if not args.ground_truth:
                 raise ValueError("--ablate needs --ground-truth GT.json")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.ground_truth, args.ablate_out, force=args.force)
             print(table)
             return 0
-        from simsearch.predict import make_accelerator, run_inference
+        from simsearch.inference.predict import make_accelerator, run_inference
 
         accelerator = make_accelerator(cfg)
         ext = "csv" if cfg.infer.format == "csv" else "json"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.inshop import build_inshop
+        from simsearch.data.inshop import build_inshop
 
         counts = build_inshop(args.root, args.out, copy=args.copy, force=args.force, partition=args.partition)
     except USER_ERRORS as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.demo_data import build_demo_competition
+from simsearch.data.demo import build_demo_competition
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

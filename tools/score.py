@@ -1,8 +1,9 @@
 """Score a submission against ground truth and add it to the leaderboard.
 
     python tools/score.py SUBMISSION --ground-truth GT.json [--k 1 5 10]
-        [--gallery-dir DIR] [--leaderboard submissions/leaderboard.csv] [--primary map]
-        [--name NAME]
+        [--gallery-dir DIR] [--leaderboard CSV] [--primary METRIC] [--name NAME]
+
+--leaderboard and --primary default to configs/default.yaml's score.leaderboard and score.primary.
 
 Exit status: 0 scored, 2 unreadable or invalid input (problems listed on stderr).
 """
@@ -14,20 +15,22 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from simsearch.leaderboard import append_row, format_leaderboard
-from simsearch.metrics import score_rankings
-from simsearch.submission import (
+from simsearch.config import ConfigError, load
+from simsearch.evaluation.leaderboard import append_row, format_leaderboard
+from simsearch.evaluation.metrics import score_rankings
+from simsearch.inference.submission import (
     gallery_names_from_dir,
     read_ground_truth,
     read_submission,
     validate_submission,
 )
 
-DEFAULT_LEADERBOARD = "submissions/leaderboard.csv"  # configs/default.yaml: score.leaderboard
 MAX_ERRORS_SHOWN = 50
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; the defaults of --leaderboard and --primary come from the ``score`` config section."""
+    score = load().score
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("submission", type=Path, help="submission file (.json or .csv)")
     p.add_argument("--ground-truth", type=Path, required=True,
@@ -36,11 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cut-offs for r@k, p@k, map@k and ndcg@k")
     p.add_argument("--gallery-dir", type=Path, default=None,
                    help="also reject gallery names that are not files in this folder")
-    p.add_argument("--leaderboard", type=Path, default=Path(DEFAULT_LEADERBOARD),
-                   help="CSV leaderboard the scores are appended to")
+    p.add_argument("--leaderboard", type=Path, default=Path(score.leaderboard),
+                   help="CSV leaderboard the scores are appended to (default: config score.leaderboard, "
+                        "%(default)s)")
     p.add_argument("--no-leaderboard", action="store_true", help="only print the scores")
-    p.add_argument("--primary", default="map",
-                   help="metric the leaderboard is sorted by: map, r1, r5, mrr, ndcg10, ...")
+    p.add_argument("--primary", default=score.primary,
+                   help="metric the leaderboard is sorted by: map, r1, r5, mrr, ndcg10, ... "
+                        "(default: config score.primary, %(default)s)")
     p.add_argument("--name", default=None, help="leaderboard name (default: submission stem)")
     return p.parse_args(argv)
 
@@ -55,7 +60,10 @@ def fail(messages: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:
+        return fail([str(exc)])
     try:
         submission = read_submission(args.submission)
         ground_truth = read_ground_truth(args.ground_truth)

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,8 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.grid import result_grid
-        from simsearch.index_store import search_index, search_text
+        from simsearch.apps.grid import result_grid
+        from simsearch.retrieval.store import search_index, search_text
 
         if args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")

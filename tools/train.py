@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.cli import USER_ERRORS, user_error
 from simsearch.config import load
+from simsearch.utils.errors import USER_ERRORS, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = load(args.config, args.overrides)
-        from simsearch.engine import fit
+        from simsearch.training.engine import fit
 
         result = fit(cfg, resume=args.resume)
     except USER_ERRORS as exc:

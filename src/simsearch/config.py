@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from simsearch.utils.fs import write_text_atomic
+
 __all__ = ["ConfigError", "default_config_path", "load", "save", "section_values"]
 
 
@@ -30,23 +32,60 @@ def default_config_path() -> Path:
 # Keys that also take one word besides their default's type.
 _ALSO_ALLOWED = {"infer.top_k": ("all",)}
 
+# The type of every key whose default in configs/default.yaml is null (a null default cannot say);
+# null itself stays allowed. tests/test_config.py fails when a null-default key is missing here.
+_NULL_TYPES: dict[str, type | tuple[type, ...]] = {
+    "run_name": str,                        # a folder name under train.output_dir
+    "data.train_dir": str,                  # a folder path
+    "data.train_csv": str,                  # a file path
+    "data.image_size": int,                 # pixels
+    "data.pk_rounds": int,                  # passes over all classes per epoch
+    "data.pairs_per_batch": int,
+    "data.query_domain_pattern": str,       # a folder name or a glob
+    "model.lora.blocks": (str, list),       # "all", "last:N" or a list of block indices
+    "train.time_limit_min": float,          # minutes (an int is fine)
+    "train.max_steps_per_epoch": int,
+    "infer.text.captioner": str,            # a folder path
+    "infer.text.titles_csv": str,           # a file path
+    "infer.second_stage.checkpoint": str,   # a run's best/ folder
+    "infer.second_stage.config": str,       # a config YAML path
+}
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """``isinstance`` as the config means it: bool is not a number, an int is a float, any list is a list."""
+    if isinstance(kind, tuple):
+        return any(_is(value, k) for k in kind)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        number = (int, float) if kind is float else int
+        return isinstance(value, number) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, (list, ListConfig))
+    return isinstance(value, kind)
+
+
+def _expected(default: Any, key: str) -> type | tuple[type, ...] | None:
+    """The type(s) a key takes: its default's, or the declared one for a null default (None: any)."""
+    if default is None:
+        return _NULL_TYPES.get(key)
+    if isinstance(default, (list, ListConfig)):
+        return list
+    if isinstance(default, (bool, int, float, str)):
+        return type(default)
+    return None
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+
 
 def _type_ok(default: Any, value: Any, key: str = "") -> bool:
-    if value in _ALSO_ALLOWED.get(key, ()):
-        return True
-    if value is None or default is None:
-        return True  # a null default accepts any scalar; any key may be set back to null
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    if isinstance(default, (list, ListConfig)):
-        return isinstance(value, (list, ListConfig))
-    return True
+    if value is None or value in _ALSO_ALLOWED.get(key, ()):
+        return True  # any key may be set back to null
+    kind = _expected(default, key)
+    return kind is None or _is(value, kind)
 
 
 def _check(default: DictConfig, layer: DictConfig, source: str, prefix: str = "") -> None:
@@ -66,10 +105,9 @@ def _check(default: DictConfig, layer: DictConfig, source: str, prefix: str = ""
         if isinstance(dval, dict):
             raise ConfigError(f"{source}: '{full}' is a section; set its keys, not a value")
         if not _type_ok(dval, lval, full):
-            raise ConfigError(
-                f"{source}: '{full}' must be {type(dval).__name__} like the default {dval!r}, "
-                f"got {type(lval).__name__} {lval!r}"
-            )
+            kind = _type_name(_expected(dval, full))
+            like = "(or null, the default)" if dval is None else f"like the default {dval!r}"
+            raise ConfigError(f"{source}: '{full}' must be {kind} {like}, got {type(lval).__name__} {lval!r}")
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -101,12 +139,12 @@ def load(files: Iterable[str | Path] = (), overrides: Sequence[str] = (),
     ``run_name`` defaults to the stem of the last experiment file (or ``default``).
     """
     default_path = Path(default) if default else default_config_path()
-    cfg = _read_yaml(default_path)
+    cfg = base = _read_yaml(default_path)
     files = [Path(f) for f in files]
     layers = [(str(f), _read_yaml(f)) for f in files]
     layers.append(("command line", _parse_overrides(overrides)))
     for source, layer in layers:
-        _check(cfg, layer, source)
+        _check(base, layer, source)  # types come from default.yaml, not from what an earlier layer set
         cfg = OmegaConf.merge(cfg, layer)
     if cfg.run_name is None:
         cfg.run_name = files[-1].stem if files else "default"
@@ -117,10 +155,7 @@ def load(files: Iterable[str | Path] = (), overrides: Sequence[str] = (),
 
 def save(cfg: DictConfig, path: str | Path) -> None:
     """Write the resolved config atomically (the run folder keeps what actually ran)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True), force=True)
 
 
 def section_values(cls: type, section: Any, changes: dict[str, Any]) -> dict[str, Any]:

@@ -115,8 +115,8 @@ def test_lite0_backbone_through_config():
 
 @pytest.mark.slow
 def test_vit_l14_config_builds_and_trains_one_step_on_cpu():
-    from simsearch.losses import LossWrapper, build_loss
-    from simsearch.optim import build_optimizer
+    from simsearch.training.losses import LossWrapper, build_loss
+    from simsearch.training.optim import build_optimizer
 
     cfg = load([CONFIGS / "vit_l14_circle.yaml"], ["model.pretrained=null"])
     model = build_model(cfg)
@@ -158,7 +158,7 @@ def test_cnn_configs_build_with_gem_head_and_stage_layer_ids(config, stages, par
 
 
 def test_cnn_llrd_gives_the_stem_the_smallest_lr():
-    from simsearch.optim import build_optimizer
+    from simsearch.training.optim import build_optimizer
 
     model = build_model(load([CONFIGS / "resnet50.yaml"], ["model.pretrained=null"]))
     opt = build_optimizer(model, torch.nn.Identity(), 1.0, 0.5, 0.0)
@@ -259,7 +259,7 @@ def test_vae_tiny_trains_saves_and_reloads(tmp_path):
     from tools.train import main as train_main
 
     from conftest import make_class_folder
-    from simsearch.checkpoint import load_model
+    from simsearch.models.checkpoint import load_model
 
     data = make_class_folder(tmp_path / "train", n_classes=4, per_class=4, size=32)
     assert train_main(["--config", str(CONFIGS / "tiny_test.yaml"), "model.backbone=vae:tiny",

@@ -1,21 +1,18 @@
 """LoRA on the tiny random-init OpenCLIP ViT (and a timm test ViT): only q/v move, merge is exact."""
 import copy
-import csv
 import json
 import shutil
-from pathlib import Path
 
+import peft  # noqa: F401  (the `lora` extra: a missing one fails the file, it is not skipped)
 import pytest
 import torch
 import torch.nn as nn
 
-from conftest import CONFIGS, make_class_folder
+from conftest import CONFIGS, kill_and_resume, make_class_folder, metrics_rows
 from simsearch.config import load
 from simsearch.models import build_model
 from simsearch.models.lora import SplitAttention, SplitQKV, merge_lora
 from simsearch.models.model import count_parameters
-
-pytest.importorskip("peft")
 
 TINY = CONFIGS / "tiny_test.yaml"
 LORA = CONFIGS / "lora_clip.yaml"
@@ -193,43 +190,25 @@ def _train_steps_timm(model) -> None:
         opt.step()
 
 
-def _rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 def test_lora_config_trains_resumes_and_infers(tmp_path, monkeypatch, capsys):
     """configs/lora_clip.yaml's LoRA settings on the tiny ViT through tools/train.py and tools/infer.py."""
     from tools.infer import main as infer_main
-    from tools.train import main as train_main
 
-    from simsearch import engine
-    from simsearch.checkpoint import load_model
+    from simsearch.models.checkpoint import load_model
 
     data = make_class_folder(tmp_path / "train", n_classes=6, per_class=6, seed=3)
     base = ["--config", str(LORA), "--config", str(TINY), f"data.train_dir={data}", "train.epochs=2",
             "train.max_steps_per_epoch=2"]
-    assert train_main([*base, f"train.output_dir={tmp_path / 'full'}"]) == 0
-    run = tmp_path / "full" / "tiny_test"
+    # trained to the end, and again killed in the second epoch then resumed
+    killed = kill_and_resume(monkeypatch, base, tmp_path, kill_at=2)
+    run = killed.full
     meta = json.loads((run / "best" / "meta.json").read_text())
     assert meta["parameters"]["trainable"] == 8 * (D + D) * 4 + (D * 16 + 16 + 32) + 1
     assert f"parameters: {meta['parameters']['trainable']:,} trainable" in (run / "train.log").read_text()
 
-    # killed in the second epoch, resumed: the same rows as the uninterrupted run
-    real, calls = engine.train_one_epoch, []
-
-    def killed_in_second_epoch(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "train_one_epoch", killed_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train_main([*base, f"train.output_dir={tmp_path / 'stopped'}"])
-    monkeypatch.setattr(engine, "train_one_epoch", real)
-    assert train_main([*base, "--resume", f"train.output_dir={tmp_path / 'stopped'}"]) == 0
-    full, resumed = _rows(run), _rows(tmp_path / "stopped" / "tiny_test")
+    # the killed-and-resumed run wrote the same rows as the uninterrupted one
+    assert killed.rows_at_kill == 1
+    full, resumed = metrics_rows(run), metrics_rows(killed.resumed)
     key = ("epoch", "step", "loss", "lr", "map")
     assert [[r[k] for k in key] for r in full] == [[r[k] for k in key] for r in resumed]
 

@@ -6,13 +6,11 @@ import torch.nn.functional as F
 from simsearch.retrieval.embed import embed_batch
 from simsearch.retrieval.pipeline import RetrievalOptions, retrieve
 from simsearch.retrieval.rerank import k_reciprocal_rerank
+from simsearch.utils.synthetic import clustered_unit_vectors
 
 
-def _clustered(n, d=16, centres=6, seed=0, noise=0.4):
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(centres, d))
-    x = c[rng.integers(0, centres, n)] + noise * rng.normal(size=(n, d))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def _clustered(n: int, d: int = 16, centres: int = 6, seed: int = 0, noise: float = 0.4) -> np.ndarray:
+    return clustered_unit_vectors(0, n, d, centres, noise, seed)[1]
 
 
 def test_plain_retrieval_is_exact_cosine_top_k():

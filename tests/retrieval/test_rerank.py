@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tools.bench.dense_reference import dense_k_reciprocal_rerank
 
+from simsearch.benchmarks.dense_reference import dense_k_reciprocal_rerank
 from simsearch.retrieval.rerank import k_reciprocal_rerank
+from simsearch.utils.synthetic import clustered_unit_vectors
 
 
 def clustered(nq: int, ng: int, dim: int, seed: int, n_clusters: int = 10, noise: float = 0.5):
     """Unit vectors scattered around shared cluster centres (queries and gallery alike)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_clusters, dim))
-
-    def points(n: int) -> np.ndarray:
-        x = centres[rng.integers(0, n_clusters, n)] + noise * rng.standard_normal((n, dim))
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-    return points(nq), points(ng)
+    return clustered_unit_vectors(nq, ng, dim, n_clusters, noise, seed)
 
 
 def assert_same_ranking(dense: np.ndarray, idx: np.ndarray, dist: np.ndarray, top: int = 10):

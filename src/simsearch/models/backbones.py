@@ -9,75 +9,26 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
-from . import lite0_weights
+from simsearch.models import lite0_weights
+from simsearch.models.base import Backbone, DataConfig
 
-__all__ = ["Backbone", "DataConfig", "create_backbone", "parse_backbone_name"]
+__all__ = ["Backbone", "DataConfig", "create_backbone", "parse_backbone_name", "register_open_clip_configs",
+           "resolve_pretrained"]
 
 log = logging.getLogger("simsearch.models")
 _CONFIG_DIR = Path(__file__).with_name("open_clip_configs")
 
 
-@dataclass(frozen=True)
-class DataConfig:
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
+def register_open_clip_configs() -> None:
+    """Make the model configs shipped in ``open_clip_configs/`` (tiny test towers) known to open_clip."""
+    import open_clip
 
-
-class Backbone(nn.Module):
-    """Common interface; ``num_layers`` counts LLRD depth units (ViT blocks or CNN stages)."""
-
-    num_features: int
-    num_layers: int
-    is_vit: bool
-    data_config: DataConfig
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward_cls(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def layer_id(self, param_name: str) -> int:
-        """0 for the stem / embeddings, i + 1 for block or stage i, num_layers + 1 for final norms."""
-        raise NotImplementedError
-
-    def forward_lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
-        """Everything below the last ``top`` blocks (0: all of ``forward_features``).
-
-        With :meth:`forward_upper` it splits ``forward_features`` at a block boundary, so a
-        training stage that unfreezes only the top blocks can cache the frozen part's output.
-        """
-        self._check_top(top)
-        return self.forward_features(x) if top == 0 else self._lower(x, top)
-
-    def forward_upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
-        """The last ``top`` blocks and the final norm over :meth:`forward_lower`'s output."""
-        self._check_top(top)
-        return h if top == 0 else self._upper(h, top)
-
-    def _lower(self, x: torch.Tensor, top: int) -> torch.Tensor:
-        """forward_lower for 1 <= top <= num_layers: what a splittable backbone implements."""
-        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary; "
-                                  "cache features only for head-only stages (train: head)")
-
-    def _upper(self, h: torch.Tensor, top: int) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} cannot be split at a block boundary")
-
-    def _check_top(self, top: int) -> None:
-        if not 0 <= top <= self.num_layers:
-            raise ValueError(f"top={top}: the backbone has {self.num_layers} blocks")
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        raise NotImplementedError
+    open_clip.add_model_config(_CONFIG_DIR)
 
 
 def parse_backbone_name(spec: str) -> tuple[str, str, str | None]:
@@ -109,7 +60,7 @@ class OpenClipBackbone(Backbone):
         super().__init__()
         import open_clip
 
-        open_clip.add_model_config(_CONFIG_DIR)
+        register_open_clip_configs()
         if name not in open_clip.list_models():
             close = [m for m in open_clip.list_models() if name.lower()[:5] in m.lower()][:8]
             raise ValueError(f"model.backbone: unknown OpenCLIP model '{name}' "
@@ -287,7 +238,8 @@ class TimmBackbone(Backbone):
         self.model.set_grad_checkpointing(enable)
 
 
-def _resolve_pretrained(kind: str, tag: str | None, pretrained: Any) -> Any:
+def resolve_pretrained(kind: str, tag: str | None, pretrained: Any) -> Any:
+    """What ``model.pretrained`` means for a backbone kind: None, True (timm default), a tag or a file."""
     if pretrained is None or pretrained is False:
         return None
     if pretrained == "default" or pretrained is True:
@@ -305,10 +257,10 @@ def create_backbone(spec: str, pretrained: Any = "default") -> Backbone:
     """Build the backbone a config names; ``pretrained=None`` gives random init (tests)."""
     kind, name, tag = parse_backbone_name(spec)
     if kind == "vae":  # weights come from the VAE's own folder / hub id (model.pretrained: default or null)
-        from .vae import VaeBackbone
+        from simsearch.models.vae import VaeBackbone
 
         return VaeBackbone(name, pretrained, spec)
-    weights = _resolve_pretrained(kind, tag, pretrained)
+    weights = resolve_pretrained(kind, tag, pretrained)
     log.info("backbone %s, weights: %s", spec, weights or "none (random init, or a checkpoint loads them next)")
     if kind == "open_clip":
         return OpenClipBackbone(name, weights, spec)

@@ -7,10 +7,10 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from .backbones import Backbone, create_backbone
-from .head import EmbeddingHead
-from .lora import apply_lora
-from .pooling import build_pooling
+from simsearch.models.backbones import Backbone, create_backbone
+from simsearch.models.head import EmbeddingHead
+from simsearch.models.lora import apply_lora
+from simsearch.models.pooling import build_pooling
 
 __all__ = ["EmbeddingModel", "build_model", "count_parameters", "lora_enabled"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .backbones import Backbone, DataConfig
+from simsearch.models.base import Backbone, DataConfig
 
 __all__ = ["TINY", "VaeBackbone", "tiny_vae_config"]
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from simsearch.utils.fs import atomic_file
+
 __all__ = ["cache_key", "load_cached", "save_cached"]
 
 log = logging.getLogger("simsearch.retrieval")
@@ -40,10 +42,8 @@ def load_cached(cache_dir: str | Path, key: str, names: list[str]) -> tuple[np.n
 
 
 def _atomic_save(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, force=True) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def save_cached(cache_dir: str | Path, key: str, names: list[str], emb: np.ndarray, ok: np.ndarray) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ..data import collate_skip_bad
+from simsearch.data import collate_skip_bad
 
 __all__ = ["embed_batch", "embed_dataset"]
 

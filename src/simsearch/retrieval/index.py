@@ -4,7 +4,7 @@ The factory string is FAISS's own (Johnson, Douze, Jégou, "Billion-scale simila
 with GPUs", IEEE TBD 2019): ``Flat`` is exact, ``HNSW32`` a graph index, ``IVF{n},Flat`` /
 ``IVF{n},PQ{m}`` inverted files. Search-time knobs (``efSearch``, ``nprobe``) are set here so
 callers only pass the values from the ``infer:`` config section. ``auto`` picks by gallery size
-(``recommend_index``), a rule measured by ``python -m tools.bench.index``.
+(``recommend_index``), a rule measured by ``simsearch bench index``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def recommend_index(n: int) -> str:
 
     Rule: an approximate index becomes the default only where one met the goal R@10 >= 0.95 at
     >= 20x Flat's batched QPS, measured on 2 cores, dim 512, clustered data and caltech101
-    embeddings (``python -m tools.bench.index``; figures in the README's Benchmarks section):
+    embeddings (``simsearch bench index``; figures in the README's Benchmarks section):
 
     - at 10k no index met it and Flat answers a batch of queries in well under a millisecond
       per query, so ``Flat`` below FLAT_BELOW = 50k (between the 10k and 100k measurements);
@@ -115,7 +115,7 @@ def build_index(
             pq.cp.seed = seed
         if hasattr(inner, "do_polysemous_training"):
             # The factory turns polysemous training on for IVF..,PQm; search never uses it and
-            # it costs minutes per build on a few cores (tools/bench/index.py).
+            # it costs minutes per build on a few cores (simsearch/benchmarks/index.py).
             inner.do_polysemous_training = False
         if x.shape[0] < ivf.nlist:
             raise ValueError(

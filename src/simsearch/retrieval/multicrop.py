@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..config import section_values
-from ..data.datasets import BadSample
-from ..data.io import ImageLoadError, load_image
-from .fusion import FUSIONS, fuse_per_query
+from simsearch.config import section_values
+from simsearch.data.datasets import BadSample
+from simsearch.data.io import ImageLoadError, load_image
+from simsearch.retrieval.fusion import FUSIONS, fuse_per_query
 
 __all__ = ["Box", "CropDataset", "MultiCropOptions", "YoloDetector", "build_detector", "crop_items",
            "grid_boxes", "propose_boxes", "search_index_multicrop"]
@@ -191,10 +191,10 @@ def search_index_multicrop(index: Any, query_image_path: str | Path, top_k: int,
                            checkpoint: str | Path | None = None) -> list[Any]:
     """``tools/search.py --multicrop``: embed the crops of one image like the index's images,
     search each, fuse; hits carry the fused score (RRF score, or the best cosine for max)."""
-    from ..data import build_transforms
-    from ..index_store import Hit, load_index_dir
-    from .embed import embed_dataset
-    from .index import search
+    from simsearch.data import build_transforms
+    from simsearch.retrieval.embed import embed_dataset
+    from simsearch.retrieval.index import search
+    from simsearch.retrieval.store import Hit, load_index_dir
 
     loaded = index if hasattr(index, "manifest") else load_index_dir(index)
     query = Path(query_image_path)

@@ -10,17 +10,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import section_values
-from .index import build_index, search
-from .query_expansion import alpha_query_expansion, average_query_expansion, database_augmentation
-from .rerank import k_reciprocal_rerank
+from simsearch.config import section_values
+from simsearch.retrieval.index import build_index, search
+from simsearch.retrieval.query_expansion import (
+    alpha_query_expansion,
+    average_query_expansion,
+    database_augmentation,
+)
+from simsearch.retrieval.rerank import k_reciprocal_rerank
 
 __all__ = ["RetrievalOptions", "retrieve"]
 
 
 @dataclass(frozen=True)
 class RetrievalOptions:
-    index: str = "Flat"
+    index: str = "auto"  # as infer.index in configs/default.yaml (tests/test_config.py checks they agree)
     ef_search: int = 128
     nprobe: int = 16
     top_k: int | str = 100

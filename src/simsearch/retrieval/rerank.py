@@ -17,7 +17,7 @@ CVPR 2017. Steps, for the union of queries and gallery (N items):
 Original distance: ``d(a, b) = ||a - b||^2 / 4 = (1 - cos) / 2`` in [0, 1] for unit vectors.
 The widely copied implementation divides by each item's maximum distance over the whole set;
 the paper does not prescribe it and it needs the dense matrix, so the constant 4 is used here
-and in the dense reference that the tests compare against (tools/bench/dense_reference.py).
+and in the dense reference that the tests compare against (simsearch/benchmarks/dense_reference.py).
 """
 
 from __future__ import annotations

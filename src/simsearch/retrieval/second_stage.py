@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import section_values
-from ..data import ImageDataset
-from ..data.transforms import eval_transform
-from .embed import embed_dataset
-from .fusion import check_rescoring
+from simsearch.config import section_values
+from simsearch.data import ImageDataset
+from simsearch.data.transforms import eval_transform
+from simsearch.retrieval.embed import embed_dataset
+from simsearch.retrieval.fusion import check_rescoring
 
 __all__ = ["SecondStage", "SecondStageOptions", "resolve_config_path"]
 
@@ -53,7 +53,7 @@ class SecondStageOptions:
 
 def resolve_config_path(path: str | Path) -> Path:
     """A config path as given, else relative to the repository's ``configs/`` folder."""
-    from ..config import default_config_path
+    from simsearch.config import default_config_path
 
     p = Path(path)
     if p.is_file():
@@ -66,13 +66,13 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def _load_second_model(opts: SecondStageOptions) -> tuple[torch.nn.Module, Any, str]:
     """(model in eval mode, its config, a description for logs and meta)."""
-    from ..checkpoint import load_model
+    from simsearch.models.checkpoint import load_model
 
     if opts.checkpoint:
         model, cfg = load_model(opts.checkpoint)
         return model, cfg, f"checkpoint {opts.checkpoint}"
-    from ..config import load
-    from ..models import build_model
+    from simsearch.config import load
+    from simsearch.models import build_model
 
     path = resolve_config_path(opts.config)
     cfg = load([path])
@@ -132,7 +132,7 @@ class SecondStage:
         g_used = self.embed([gallery_paths[i] for i in used])
         g = np.zeros((len(gallery_paths), q.shape[1]), dtype=np.float32)
         g[used] = g_used
-        from .fusion import candidate_cosines
+        from simsearch.retrieval.fusion import candidate_cosines
 
         return candidate_cosines(q, g, ids, n)
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import section_values
-from ..data.io import ImageLoadError, load_image
-from .fusion import check_rescoring
+from simsearch.config import section_values
+from simsearch.data.io import ImageLoadError, load_image
+from simsearch.retrieval.fusion import check_rescoring
 
 __all__ = ["Captioner", "TextEncoder", "TextOptions", "image_texts", "load_blip_captioner",
            "load_sentence_encoder", "read_titles"]

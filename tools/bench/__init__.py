@@ -1,1 +1,0 @@
-"""Benchmarks; importable so tests can share the reference implementations."""
