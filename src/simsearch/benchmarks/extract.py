@@ -66,13 +66,14 @@ def jpeg_folder(folder: Path, n: int, workdir: Path) -> tuple[Path, str]:
 
 def build(spec: str, size: int | None) -> tuple[torch.nn.Module, Callable, int]:
     """Random-init EmbeddingModel of ``spec``, its eval transform and input size."""
-    from simsearch.data import build_transforms
+    from simsearch.config import load
+    from simsearch.data.transforms import eval_transform
     from simsearch.models import EmbeddingModel, create_backbone
 
     model = EmbeddingModel(create_backbone(spec, None)).eval()
     dc = model.data_config
     size = dc.input_size if model.backbone.is_vit or not size else size  # ViTs: fixed grid
-    return model, build_transforms(size, dc.mean, dc.std, train=False), size
+    return model, eval_transform(load(overrides=[f"data.image_size={size}"]), dc), size
 
 
 def bare_forward(model: torch.nn.Module, n: int, batch: int, size: int) -> None:

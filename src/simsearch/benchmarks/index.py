@@ -41,7 +41,7 @@ from simsearch.benchmarks.common import (
     time_repeats,
     write_json,
 )
-from simsearch.config import default_config_path
+from simsearch.config import default_config_path, load
 from simsearch.retrieval.index import FLAT_BELOW, ivf_nlist, recommend_index
 from simsearch.utils.synthetic import clustered_unit_vectors
 
@@ -161,7 +161,8 @@ def caltech_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray
     import torch.nn.functional as F
     from torch.utils.data import Subset
 
-    from simsearch.data import FlatImageDataset, build_transforms
+    from simsearch.data import FlatImageDataset
+    from simsearch.data.transforms import eval_transform
     from simsearch.models import GeM, create_backbone
     from simsearch.retrieval.embed import embed_dataset
 
@@ -177,7 +178,7 @@ def caltech_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray
     model = BackboneGeM().eval().to(memory_format=torch.channels_last)  # faster CPU convs
     dc = model.backbone.data_config
     size = args.real_image_size or dc.input_size
-    tf = build_transforms(size, dc.mean, dc.std, train=False)
+    tf = eval_transform(load(overrides=[f"data.image_size={size}"]), dc)
     out = []
     for part, limit in (("gallery", args.real_gallery), ("query", args.real_queries)):
         ds = FlatImageDataset(args.caltech / part, tf)
