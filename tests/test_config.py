@@ -278,13 +278,25 @@ def test_null_default_key_rejects_a_wrong_type_naming_key_source_and_value(tmp_p
         load([f])
     with pytest.raises(ConfigError, match=r"'model\.lora\.blocks' must be str or list .*int 3"):
         load(overrides=["model.lora.blocks=3"])
-    with pytest.raises(ConfigError, match=r"'run_name' must be str .*int 7"):  # Path / 7 would fail later
-        load(overrides=["run_name=7"])
+    f = _write(tmp_path / "list.yaml", "infer:\n  text:\n    titles_csv: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: 'infer\.text\.titles_csv' must be str .*list"):
+        load([f])
     assert load(overrides=["data.image_size=224"]).data.image_size == 224
     assert load(overrides=["data.image_size=null"]).data.image_size is None
     cfg = load(overrides=["model.lora.blocks=last:4", "train.time_limit_min=5", "data.train_dir=some/dir"])
     assert (cfg.model.lora.blocks, cfg.train.time_limit_min, cfg.data.train_dir) == ("last:4", 5, "some/dir")
     assert list(load(overrides=["model.lora.blocks=[0,2]"]).model.lora.blocks) == [0, 2]
+
+
+def test_text_keys_keep_what_was_typed_even_when_it_looks_like_a_number(tmp_path):
+    """A folder named 2024 or 007, a run named 123: the dotlist and YAML would make them numbers."""
+    cfg = load(overrides=["data.train_dir=2024", "run_name=007", "infer.text.titles_csv='1e3'"])
+    assert (cfg.data.train_dir, cfg.run_name, cfg.infer.text.titles_csv) == ("2024", "007", "1e3")
+    assert load(overrides=["data.train_dir=null"]).data.train_dir is None
+    f = _write(tmp_path / "exp.yaml", "run_name: 123\ndata:\n  train_dir: 2024\n")
+    cfg = load([f])
+    assert (cfg.run_name, cfg.data.train_dir) == ("123", "2024")
+    assert load(overrides=["data.image_size=224"]).data.image_size == 224  # number keys still parse numbers
 
 
 def test_types_come_from_default_yaml_not_from_an_earlier_layer(tmp_path):
@@ -303,6 +315,9 @@ def test_every_null_default_key_takes_its_type_or_null_and_nothing_else(key):
     assert OmegaConf.select(load(overrides=[f"{key}={text}"]), key) == value
     null = OmegaConf.select(load(overrides=[f"{key}=null"]), key)
     assert null is None or key == "run_name"  # load() names a null run after its experiment file
+    if kind is str:  # a text key keeps what was typed: a folder may be called "true"
+        assert OmegaConf.select(load(overrides=[f"{key}=true"]), key) == "true"
+        return
     with pytest.raises(ConfigError, match=rf"command line: '{key}' must be .*bool True"):
         load(overrides=[f"{key}=true"])  # no null-default key is a bool
 

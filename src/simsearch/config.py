@@ -104,6 +104,8 @@ def _check(default: DictConfig, layer: DictConfig, source: str, prefix: str = ""
         lval = OmegaConf.to_container(layer, resolve=False)[key]
         if isinstance(dval, dict):
             raise ConfigError(f"{source}: '{full}' is a section; set its keys, not a value")
+        if _expected(dval, full) is str and isinstance(lval, (int, float)) and not isinstance(lval, bool):
+            layer[key] = lval = str(lval)  # a file's `run_name: 2024` names a run '2024'
         if not _type_ok(dval, lval, full):
             kind = _type_name(_expected(dval, full))
             like = "(or null, the default)" if dval is None else f"like the default {dval!r}"
@@ -122,14 +124,39 @@ def _read_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+def _expected_at(default: DictConfig, key: str) -> type | tuple[type, ...] | None:
+    """The type a dotted key takes (None: any, or not a key of default.yaml)."""
+    node = OmegaConf.select(default, key, default="__missing__")
+    return None if node == "__missing__" or isinstance(node, DictConfig) else _expected(node, key)
+
+
+def _as_text(raw: str) -> str | None:
+    """An override value for a text key, as typed: ``2024`` stays the folder name '2024', not the int."""
+    raw = raw.strip()
+    if raw in ("null", "~"):
+        return None
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        return raw[1:-1]
+    return raw
+
+
+def _parse_overrides(overrides: Sequence[str], default: DictConfig) -> DictConfig:
+    plain, text = [], {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' must look like key=value")
+        key, raw = item.split("=", 1)
+        if _expected_at(default, key.strip()) is str:  # YAML would turn 2024 or 1e3 into a number
+            text[key.strip()] = _as_text(raw)
+        else:
+            plain.append(item)
     try:
-        return OmegaConf.from_dotlist(list(overrides))
+        layer = OmegaConf.from_dotlist(plain)
     except Exception as exc:
-        raise ConfigError(f"command line: cannot parse overrides {list(overrides)}: {exc}") from exc
+        raise ConfigError(f"command line: cannot parse overrides {plain}: {exc}") from exc
+    for key, value in text.items():
+        OmegaConf.update(layer, key, value, force_add=True)
+    return layer
 
 
 def load(files: Iterable[str | Path] = (), overrides: Sequence[str] = (),
@@ -142,7 +169,7 @@ def load(files: Iterable[str | Path] = (), overrides: Sequence[str] = (),
     cfg = base = _read_yaml(default_path)
     files = [Path(f) for f in files]
     layers = [(str(f), _read_yaml(f)) for f in files]
-    layers.append(("command line", _parse_overrides(overrides)))
+    layers.append(("command line", _parse_overrides(overrides, base)))
     for source, layer in layers:
         _check(base, layer, source)  # types come from default.yaml, not from what an earlier layer set
         cfg = OmegaConf.merge(cfg, layer)

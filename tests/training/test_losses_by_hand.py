@@ -3,7 +3,7 @@
 Each test builds the loss the trainer would use (``build_loss_wrapper`` on the default config with
 ``loss.name=...``, at epoch 0, where the default ``train.miner_start_epoch=5`` leaves the miner off),
 feeds it a few hand-placed embeddings and compares with a plain-torch/math reference in float64
-(the wrapper casts to float32, hence the tolerances). Circle loss is hand-checked in tests/test_losses.py.
+(the wrapper casts to float32, hence the tolerances). Circle loss is hand-checked in tests/training/test_losses.py.
 """
 from __future__ import annotations
 
