@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from simsearch.config import load
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -27,10 +27,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--no-clip-features", action="store_true",
                    help="skip the CLIP image features that text search needs (OpenCLIP backbones)")
     b.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. infer.tta_flip=false")
+    add_debug_flag(b)
     a = sub.add_parser("add", help="add new images to an existing index")
     a.add_argument("--index", required=True, help="index folder made by 'build'")
     a.add_argument("--images", required=True, nargs="+", help="image files and/or folders")
     a.add_argument("--checkpoint", default=None, help="checkpoint (default: the one in the manifest)")
+    add_debug_flag(a)
     return p.parse_args(argv)
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = add_to_index(args.index, args.images, checkpoint=args.checkpoint)
             print(f"index: {args.index} ({manifest['count']} images)")
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     return 0
 
 

@@ -1,6 +1,9 @@
 """Write a submission: ``[accelerate launch] tools/infer.py --checkpoint RUN/best --query-dir Q
 --gallery-dir G [--config C] [--add-config E] [--out submissions/NAME.json] [--force] [--strict] [key=value ...]``.
 
+The submission's format follows the extension of ``--out`` (.json or .csv); an ``infer.format=``
+given on the command line must agree with it (without ``--out`` it picks the default name's extension).
+
 ``--ablate --ground-truth GT.json`` instead prints (and saves as markdown) the table of baseline,
 +TTA, +QE, +re-ranking and all, from embeddings extracted once, plus a row for each switched-on
 enhancement (``--add-config configs/multicrop.yaml``, ``configs/coarse_to_fine.yaml``,
@@ -12,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from simsearch.config import load
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.config import check_choice, load
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,7 +29,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "e.g. configs/multicrop.yaml")
     p.add_argument("--query-dir", required=True, help="flat folder of query images")
     p.add_argument("--gallery-dir", required=True, help="flat folder of gallery images")
-    p.add_argument("--out", default=None, help="submission path (default submissions/<run>.json)")
+    p.add_argument("--out", default=None, help="submission path, .json or .csv: the extension decides the format "
+                   "(default submissions/<run>.<infer.format>)")
     p.add_argument("--force", action="store_true", help="overwrite an existing submission")
     p.add_argument("--strict", action="store_true", help="refuse when a query leaks into gallery/training")
     p.add_argument("--train-dir", default=None, help="training folder for the leakage check "
@@ -35,7 +39,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ground-truth", default=None, help="ground truth JSON (needed by --ablate)")
     p.add_argument("--ablate-out", default=None, help="markdown file for the ablation table")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. infer.top_k=50")
+    add_debug_flag(p)
     return p.parse_intermixed_args(argv)
+
+
+def given_on_command_line(overrides: list[str], key: str) -> bool:
+    """Whether ``key=...`` is one of the command line's overrides."""
+    return any(item.split("=", 1)[0].strip() == key for item in overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,17 +64,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from simsearch.inference.predict import make_accelerator, run_inference
 
+        check_choice("infer.format", cfg.infer.format, ("json", "csv"))
+        # the format follows --out's extension; an infer.format typed on this command line must agree
+        explicit = given_on_command_line(args.overrides, "infer.format")
+        out = args.out or f"submissions/{cfg.run_name}.{cfg.infer.format}"
+        fmt = cfg.infer.format if explicit else None
         accelerator = make_accelerator(cfg)
-        ext = "csv" if cfg.infer.format == "csv" else "json"
-        out = args.out or f"submissions/{cfg.run_name}.{ext}"
         meta = run_inference(cfg, args.checkpoint, args.query_dir, args.gallery_dir, out,
                              force=args.force, strict=args.strict, train_dir=args.train_dir,
-                             accelerator=accelerator)
+                             accelerator=accelerator, fmt=fmt)
         if accelerator.is_main_process:
             print(f"submission: {out} ({meta['sizes']['queries']} queries, top {meta['sizes']['top_k']})")
         accelerator.end_training()  # every rank leaves the process group together
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     return 0
 
 

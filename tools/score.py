@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from simsearch.config import ConfigError, load
-from simsearch.evaluation.leaderboard import append_row, format_leaderboard
+from simsearch.evaluation.leaderboard import append_row, check_leaderboard, format_leaderboard
 from simsearch.evaluation.metrics import score_rankings
 from simsearch.inference.submission import (
     gallery_names_from_dir,
@@ -24,6 +24,7 @@ from simsearch.inference.submission import (
     read_submission,
     validate_submission,
 )
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 MAX_ERRORS_SHOWN = 50
 
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="metric the leaderboard is sorted by: map, r1, r5, mrr, ndcg10, ... "
                         "(default: config score.primary, %(default)s)")
     p.add_argument("--name", default=None, help="leaderboard name (default: submission stem)")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -65,18 +67,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return fail([str(exc)])
     try:
+        if any(k < 1 for k in args.k):
+            raise ValueError(f"--k: every cut-off must be >= 1, got {' '.join(map(str, args.k))}")
+        if not args.no_leaderboard:  # a leaderboard that cannot take the row fails before any score is shown
+            check_leaderboard(args.leaderboard)
         submission = read_submission(args.submission)
         ground_truth = read_ground_truth(args.ground_truth)
         gallery = None if args.gallery_dir is None else gallery_names_from_dir(args.gallery_dir)
         errors = validate_submission(submission, ground_truth, gallery)
         if errors:
             return fail([f"{args.submission}: {e}" for e in errors])
-        metrics = score_rankings(submission, ground_truth, ks=args.k)
-    except (OSError, ValueError) as exc:
-        return fail([str(exc)])
-    if args.primary not in metrics:
-        return fail([f"--primary {args.primary!r} is not a computed metric; "
-                     f"choose from {', '.join(metrics)}"])
+        try:
+            metrics = score_rankings(submission, ground_truth, ks=args.k)
+        except ValueError as exc:
+            raise ValueError(f"{args.ground_truth}: {exc}") from exc
+        if args.primary not in metrics:
+            return fail([f"--primary: {args.primary!r} is not a computed metric; "
+                         f"choose from {', '.join(metrics)}"])
+    except USER_ERRORS as exc:
+        return user_error(exc, args.debug)
 
     name = args.name or args.submission.stem
     print(f"scores of {name} ({len(ground_truth)} queries):")
@@ -89,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
             "submission": str(args.submission),
             **metrics,
         }
-        append_row(args.leaderboard, row)
+        try:
+            append_row(args.leaderboard, row)
+            board = format_leaderboard(args.leaderboard, primary=args.primary, highlight=name)
+        except USER_ERRORS as exc:  # checked above; only a change made meanwhile ends here
+            return user_error(exc, args.debug)
         print(f"\nleaderboard ({args.leaderboard}, by {args.primary}):")
-        print(format_leaderboard(args.leaderboard, primary=args.primary, highlight=name))
+        print(board)
     return 0
 
 

@@ -9,10 +9,9 @@ grid, or a YOLO detector's boxes) and fuses the results; the score is then the f
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -31,19 +30,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fusion", default="rrf", choices=("rrf", "max"), help="multi-crop fusion (default rrf)")
     p.add_argument("--max-crops", type=int, default=5, help="multi-crop: crops searched, whole image included")
     p.add_argument("--rrf-k", type=float, default=60.0, help="multi-crop: the k of reciprocal-rank fusion")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        from simsearch.apps.grid import result_grid
+        from simsearch.apps.grid import check_grid_out, result_grid
         from simsearch.retrieval.store import search_index, search_text
 
         if args.top_k < 1:
-            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-        if args.grid and os.path.exists(args.grid) and not args.force:
-            raise FileExistsError(f"{args.grid} already exists; pass --force to overwrite it")
+            raise ValueError(f"--top-k: must be >= 1, got {args.top_k}")
+        if args.grid:  # checked before the search: a bad --grid must not cost the search first
+            check_grid_out(args.grid, args.force, args.thumb)
+        if args.max_crops < 1:
+            raise ValueError(f"--max-crops: must be >= 1, got {args.max_crops}")
         if args.multicrop is not None and args.query_image is None:
             raise ValueError("--multicrop needs --query-image")
         if args.multicrop is not None:
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         query_text=args.query_text)
             print(f"grid: {args.grid}")
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     return 0
 
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from simsearch.config import load
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -14,6 +14,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="experiment YAML (repeatable; merged in order over configs/default.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run from its last/ checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=3")
+    add_debug_flag(p)
     return p.parse_intermixed_args(argv)
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result = fit(cfg, resume=args.resume)
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     if result["is_main_process"]:
         print(f"run folder: {result['run_dir']}")
     return 0

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from simsearch.utils.fs import write_text_atomic
 
-__all__ = ["ConfigError", "default_config_path", "load", "save", "section_values"]
+__all__ = ["ConfigError", "check_choice", "check_number", "default_config_path", "load", "save", "section_values"]
 
 
 class ConfigError(ValueError):
@@ -113,6 +113,8 @@ def _check(default: DictConfig, layer: DictConfig, source: str, prefix: str = ""
 
 
 def _read_yaml(path: Path) -> DictConfig:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; a config is a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -193,3 +195,37 @@ def section_values(cls: type, section: Any, changes: dict[str, Any]) -> dict[str
     values = {f.name: section[f.name] for f in fields(cls) if f.name in section}
     values.update(changes)
     return values
+
+
+def _bound(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False, null_ok: bool = False,
+                 words: Sequence[str] = (), why: str = "") -> None:
+    """Raise ConfigError ``key: must be ..., got value`` unless ``value`` is a number in the range.
+
+    The range is [low, high] (``low_open`` / ``high_open`` leave a bound out; None = unbounded);
+    null passes with ``null_ok``, and so does each of ``words`` (``infer.top_k: all``). ``why``
+    is added to the message (what the edge values mean).
+    """
+    if (value is None and null_ok) or (isinstance(value, str) and value in words):
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (low is None or value > low or (value == low and not low_open)) and (
+            high is None or value < high or (value == high and not high_open)):
+        return
+    rule = _bound(low, high, low_open, high_open) + "".join(f" or {w}" for w in words)
+    rule += " or null" if null_ok else ""
+    raise ConfigError(f"{key}: must be {rule}, got {value!r}" + (f" ({why})" if why else ""))
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise ConfigError ``key: 'x' must be one of ...`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} must be one of {', '.join(str(c) for c in choices)}")

@@ -295,7 +295,7 @@ def test_uploads_over_the_cap_are_refused_with_a_message(index, service):
     query = service.images_dir / "class_00" / "img_00.jpg"
     small = SearchService(service.index, AppSettings(max_upload_mb=query.stat().st_size / 2**21))
     items, status = small.search_upload(str(query))
-    assert items == [] and status.startswith("**Error:** the image is") and "upload cap" in status
+    assert items == [] and status.startswith(r"**Error:** img\_00.jpg: the image is") and "upload cap" in status
     assert service.search_upload(None) == ([], "Upload an image first.")
 
 

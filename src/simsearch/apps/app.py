@@ -40,6 +40,7 @@ from simsearch.retrieval.store import (
     search_index,
     search_text,
 )
+from simsearch.utils.errors import USER_ERRORS, InputFileError
 
 __all__ = ["AppSettings", "SearchService", "build_app", "check_image_file", "launch_app", "md_escape"]
 
@@ -79,27 +80,36 @@ def md_escape(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\g<0>", text)
 
 
-def check_image_file(path: str | Path, max_bytes: int, max_pixels: int) -> None:
-    """Refuse a query image that is too large in bytes or pixels, before it is decoded.
+def check_image_file(path: str | Path, max_bytes: int, max_pixels: int, name: str | None = None) -> None:
+    """Refuse a query image that is missing, too large in bytes or pixels, or not an image, before it
+    is decoded; messages start with ``name`` (default: the file's name, which Gradio keeps for an upload).
 
     Only the header is read; PIL's ``DecompressionBombWarning`` (an image past
     ``Image.MAX_IMAGE_PIXELS``) is raised as an error rather than printed.
     """
     p = Path(path)
+    name = name or p.name
+    if p.is_dir():
+        raise ValueError(f"{name}: is a folder, not an image file")
+    if not p.is_file():
+        raise ValueError(f"{name}: no such file (the upload did not arrive?)")
     size = p.stat().st_size
+    if size == 0:
+        raise ValueError(f"{name}: the file is empty, not an image")
     if size > max_bytes:
-        raise ValueError(f"the image is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB upload cap")
+        raise ValueError(f"{name}: the image is {size / 2**20:.1f} MB, over the {max_bytes / 2**20:g} MB "
+                         "upload cap")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 width, height = img.size
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ValueError(f"the image is refused as a possible decompression bomb: {exc}") from None
+        raise ValueError(f"{name}: the image is refused as a possible decompression bomb: {exc}") from None
     except (Image.UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"the file is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{name}: the file is not a readable image ({type(exc).__name__}: {exc})") from None
     if width * height > max_pixels:
-        raise ValueError(f"the image is {width}x{height} = {width * height} pixels, over the cap of "
+        raise ValueError(f"{name}: the image is {width}x{height} = {width * height} pixels, over the cap of "
                          f"{max_pixels} pixels")
 
 
@@ -152,7 +162,7 @@ class SearchService:
         """Run a search; bad input becomes an error line on the page instead of a traceback."""
         try:
             hits = run()
-        except (ValueError, FileNotFoundError) as exc:
+        except USER_ERRORS as exc:
             log.info("search refused (%s): %s", what, exc)
             return [], f"**Error:** {md_escape(str(exc))}"
         return self._present(hits, what)
@@ -161,14 +171,17 @@ class SearchService:
         """Search with an uploaded image file (Gradio hands over its path)."""
         if not path:
             return [], "Upload an image first."
+        return self._guarded("the uploaded image", lambda: self._search_file(path, Path(path).name))
+
+    def _search_file(self, path: str | Path, name: str) -> list[Hit]:
+        """Check the query file, then search with it; errors name ``name``, not a temporary path."""
         s = self.settings
-
-        def run() -> list[Hit]:
-            check_image_file(path, s.max_bytes, s.max_pixels)
-            with self._lock:
+        check_image_file(path, s.max_bytes, s.max_pixels, name=name)
+        with self._lock:  # taken only now: a slow upload or URL must not hold up other searches
+            try:
                 return search_index(self.index, path, s.top_k)
-
-        return self._guarded("the uploaded image", run)
+            except InputFileError as exc:  # e.g. a truncated image: its header read, its pixels not
+                raise ValueError(f"{name}: {exc.problem}") from exc
 
     def search_url(self, url: str | None) -> Result:
         """Fetch the image at ``url`` (see :mod:`simsearch.apps.url_fetch`) and search with it."""
@@ -182,9 +195,7 @@ class SearchService:
             with tempfile.TemporaryDirectory(prefix="simsearch-url-") as tmp:
                 query = Path(tmp) / "query"
                 query.write_bytes(data)
-                check_image_file(query, s.max_bytes, s.max_pixels)
-                with self._lock:  # taken only now: a slow URL must not hold up other searches
-                    return search_index(self.index, query, s.top_k)
+                return self._search_file(query, url.strip())
 
         return self._guarded(f"the image at {md_escape(url.strip())}", run)
 

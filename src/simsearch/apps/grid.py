@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from simsearch.data import ImageLoadError, load_image
 from simsearch.data.io import IMAGE_EXTENSIONS
 from simsearch.inference.submission import read_ground_truth, read_submission
-from simsearch.utils.fs import write_bytes_atomic
+from simsearch.utils.fs import check_writable, write_bytes_atomic
 
-__all__ = ["GREEN", "QUERY_BLUE", "RED", "grid_size", "result_grid", "submission_grid", "tile_box"]
+__all__ = ["GREEN", "QUERY_BLUE", "RED", "check_grid_out", "grid_size", "result_grid", "submission_grid",
+           "tile_box"]
 
 log = logging.getLogger("simsearch.apps.grid")
 
@@ -105,14 +106,16 @@ def _render(rows: Sequence[Sequence[Tile]], thumb: int) -> Image.Image:
     return image
 
 
-def _check_out(out_png: str | os.PathLike, force: bool, thumb: int) -> Path:
+def check_grid_out(out_png: str | os.PathLike, force: bool, thumb: int) -> Path:
+    """Refuse, before any search, a grid output that is not a writable .png path (or exists without ``force``)."""
     out = Path(out_png)
     if out.suffix.lower() != ".png":
-        raise ValueError(f"grid output {out} must end in .png")
+        raise ValueError(f"{out}: a grid output must end in .png")
+    check_writable(out, what="the grid PNG")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite")
     if thumb < 16:
-        raise ValueError(f"thumb must be at least 16 pixels, got {thumb}")
+        raise ValueError(f"--thumb: must be at least 16 pixels, got {thumb}")
     return out
 
 
@@ -130,7 +133,7 @@ def result_grid(query_path: str | os.PathLike | None, results: Sequence[tuple[st
     ``relevant``: paths or file names that count as hits; a result is green when its path or
     its name is in it, red otherwise. Without it, borders are neutral grey.
     """
-    out = _check_out(out_png, force, thumb)
+    out = check_grid_out(out_png, force, thumb)
     if query_path is None and not query_text:
         raise ValueError("result_grid needs a query image path or a query text")
     if query_path is None:
@@ -176,7 +179,7 @@ def submission_grid(submission_path: str | os.PathLike, query_dir: str | os.Path
 
     With ``ground_truth``, hits are green and misses red; queries absent from it stay grey.
     """
-    out = _check_out(out_png, force, thumb)
+    out = check_grid_out(out_png, force, thumb)
     if first_n < 1 or top_k < 1:
         raise ValueError(f"first_n and top_k must be >= 1, got {first_n} and {top_k}")
     sub = read_submission(submission_path)

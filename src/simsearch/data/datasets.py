@@ -19,6 +19,7 @@ import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from simsearch.data.io import IMAGE_EXTENSIONS, ImageLoadError, is_image_file, load_image
+from simsearch.utils.errors import reading
 
 logger = logging.getLogger("simsearch.data")
 
@@ -48,9 +50,9 @@ def _check_folder(root: PathLike, what: str) -> Path:
     """Return ``root`` as a Path, or raise naming it when it is missing or a file."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"{what} {root} does not exist")
+        raise FileNotFoundError(f"{root}: the {what} does not exist")
     if not root.is_dir():
-        raise ValueError(f"{what} {root} is a file; expected a folder")
+        raise ValueError(f"{root} is a file; the {what} must be a folder")
     return root
 
 
@@ -100,14 +102,21 @@ def resolve_manifest_path(csv_path: PathLike, rel: str) -> str:
     return rel if os.path.isabs(rel) else str(Path(csv_path).parent / rel)
 
 
+def _manifest_reading(csv_path: Path) -> AbstractContextManager[None]:
+    """Invalid UTF-8 or a NUL byte in a manifest: an error naming it (csv and codecs do not)."""
+    return reading(csv_path, "a UTF-8 CSV manifest", "save it as UTF-8 CSV with path,label columns",
+                   only=(UnicodeDecodeError, csv.Error))
+
+
 def manifest_columns(csv_path: PathLike) -> list[str]:
     """The column names of a CSV manifest's header (for startup checks that read no rows)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with _manifest_reading(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as fh:
         header = next(csv.reader(fh), [])
     return [c.strip() for c in header]
+
 
 
 def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
@@ -122,7 +131,7 @@ def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
         raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
     rows: list[tuple[str, str]] = []
     missing: list[str] = []
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with _manifest_reading(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         for needed in ("path", "label"):

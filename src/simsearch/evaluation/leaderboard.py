@@ -14,9 +14,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from simsearch.utils.fs import write_bytes_atomic
+from simsearch.utils.errors import InputFileError, reading
+from simsearch.utils.fs import check_writable, write_bytes_atomic
 
-__all__ = ["append_row", "format_leaderboard", "read_leaderboard"]
+__all__ = ["append_row", "check_leaderboard", "format_leaderboard", "read_leaderboard"]
 
 NEW_MARK = "<- new"
 
@@ -26,7 +27,10 @@ def read_leaderboard(csv_path: str | os.PathLike) -> tuple[list[str], list[dict[
     path = Path(csv_path)
     if not path.exists():
         return [], []
-    with path.open(newline="", encoding="utf-8") as fh:
+    if path.is_dir():
+        raise InputFileError(path, "is a folder; the leaderboard is a CSV file", "pass --leaderboard FILE.csv")
+    with reading(path, "a UTF-8 CSV leaderboard", "repair it, or pass --leaderboard a new file",
+                 only=(UnicodeDecodeError, csv.Error)), path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = list(reader)
@@ -34,6 +38,12 @@ def read_leaderboard(csv_path: str | os.PathLike) -> tuple[list[str], list[dict[
         if None in row:  # more cells than header columns
             raise ValueError(f"{path}: line {i}: more cells than the header has columns")
     return header, rows
+
+
+def check_leaderboard(csv_path: str | os.PathLike) -> None:
+    """Refuse, before anything is scored or printed, a leaderboard that could not be read or rewritten."""
+    read_leaderboard(csv_path)
+    check_writable(csv_path, what="the leaderboard")
 
 
 def _cell(value: object) -> str:

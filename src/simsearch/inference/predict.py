@@ -25,12 +25,14 @@ from simsearch.inference.enhancements import (
     validate_enhancements,
 )
 from simsearch.inference.folders import EmbeddedFolder, embed_folder, rankings_from_ids, search_readable
-from simsearch.inference.submission import read_ground_truth, write_submission
+from simsearch.inference.submission import read_ground_truth, submission_format, write_submission
 from simsearch.models.checkpoint import checkpoint_hash, git_sha, load_model
+from simsearch.retrieval.embed import check_embedding_config
+from simsearch.retrieval.index import check_factory
 from simsearch.retrieval.pipeline import RetrievalOptions
-from simsearch.utils.fs import write_bytes_atomic, write_json_atomic
+from simsearch.utils.fs import check_writable, write_bytes_atomic, write_json_atomic
 
-__all__ = ["check_leakage", "make_accelerator", "run_ablation", "run_inference"]
+__all__ = ["check_inference_config", "check_leakage", "make_accelerator", "run_ablation", "run_inference"]
 
 log = logging.getLogger("simsearch.infer")
 
@@ -50,22 +52,40 @@ def check_leakage(query: EmbeddedFolder, gallery: EmbeddedFolder, train_dir: str
     return leaks
 
 
+def check_inference_config(cfg: DictConfig) -> RetrievalOptions:
+    """Every ``infer`` value (and the embedding keys) range-checked before any work; the retrieval options."""
+    check_embedding_config(cfg)
+    validate_enhancements(cfg)
+    return RetrievalOptions.from_config(cfg.infer)
+
+
 def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
                   out: str | Path, force: bool = False, strict: bool = False, train_dir: str | None = None,
-                  accelerator=None, captioner=None) -> dict[str, Any]:
+                  accelerator=None, captioner=None, fmt: str | None = None) -> dict[str, Any]:
     """The whole ``tools/infer.py`` job; returns the meta that is written beside the submission.
 
+    The submission's format follows the extension of ``out`` (.json or .csv); ``fmt``, when given,
+    must agree with it. Every output is checked (exists without ``force``, not writable) before
+    anything is embedded.
     ``captioner``: a callable PIL images -> captions for text fusion, instead of loading
     ``infer.text.captioner`` (tests inject one).
     """
     timings: dict[str, float] = {}
     out = Path(out)
+    for folder, flag in ((query_dir, "--query-dir"), (gallery_dir, "--gallery-dir")):
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{flag}: {folder} does not exist or is not a folder")
+    fmt = submission_format(out, fmt)
     for path in (out, meta_path(out)):
+        check_writable(path, what="the submission")
         if path.exists() and not force:
             raise FileExistsError(f"{path} exists; pass --force to overwrite it")
-    validate_enhancements(cfg)
+    if cfg.infer.cache_dir:
+        check_writable(cfg.infer.cache_dir, folder=True, what="the embedding cache (infer.cache_dir)")
+    opts = check_inference_config(cfg)
     t = time.perf_counter()
     model, _ = load_model(checkpoint)
+    check_factory(opts.index, model.embed_dim)
     model.to(accelerator.device if accelerator is not None else "cpu")
     sha = checkpoint_hash(checkpoint)
     timings["load_s"] = time.perf_counter() - t
@@ -82,13 +102,14 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
         accelerator.wait_for_everyone()  # rank 0 retrieves and writes; stay until it is done
         return {}
     leaks = check_leakage(query, gallery, train_dir if train_dir is not None else cfg.data.train_dir, strict)
-    opts = RetrievalOptions.from_config(cfg.infer)
     enh = prepare_enhancements(cfg, query, gallery, device=model_device(model), captioner=captioner)
     timings.update(enh.seconds)
     ids = search_readable(query, gallery, opts, timings, enh, crops)
     rankings = rankings_from_ids(query, gallery, ids)
-    write_submission(out, rankings, fmt=cfg.infer.format, force=force)
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "checkpoint": str(checkpoint),
+    write_submission(out, rankings, fmt=fmt, force=force)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["infer"]["format"] = fmt  # what was written: the extension decides
+    meta = {"config": config, "checkpoint": str(checkpoint),
             "checkpoint_sha256": sha, "git_sha": git_sha(), "simsearch_version": __version__,
             "python": platform.python_version(), "retrieval": asdict(opts),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
@@ -131,11 +152,14 @@ def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path,
     of every query and gallery image (plain) and the texts are also made once, before the rows.
     """
 
-    if out_md and Path(out_md).exists() and not force:
-        raise FileExistsError(f"{out_md} already exists; pass --force to overwrite it")
-    validate_enhancements(cfg)
+    if out_md:
+        check_writable(out_md, what="the ablation table (--ablate-out)")
+        if Path(out_md).exists() and not force:
+            raise FileExistsError(f"{out_md} already exists; pass --force to overwrite it")
+    opts = check_inference_config(cfg)
     gt = read_ground_truth(ground_truth)
     model, _ = load_model(checkpoint)
+    check_factory(opts.index, model.embed_dim)
     scales = tuple(cfg.infer.tta_scales)
     # No cache here: the table's times must include real extraction.
     plain = {"query": embed_folder(model, query_dir, cfg, None, False, (1.0,), None, "queries"),
@@ -150,7 +174,7 @@ def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path,
     if enh.second is not None:  # its load time plus the extraction of every query and gallery image
         enh.second.embed([str(f.folder / n) for f in plain.values() for n in f.names])
         enh.seconds["second_embed_s"] = enh.second.seconds
-    rows = ablation_rows(plain, tta, gt, RetrievalOptions.from_config(cfg.infer), enh, crops)
+    rows = ablation_rows(plain, tta, gt, opts, enh, crops)
     table = ablation_markdown(rows, f"{cfg.run_name}: {Path(checkpoint)} on {Path(query_dir).parent}")
     if out_md:
         write_bytes_atomic(out_md, table.encode(), force=force)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from simsearch.utils.errors import InputFileError, reading
 from simsearch.utils.fs import write_bytes_atomic, write_json_atomic
 
 __all__ = [
@@ -27,11 +28,13 @@ __all__ = [
     "gallery_names_from_dir",
     "read_ground_truth",
     "read_submission",
+    "submission_format",
     "validate_submission",
     "write_submission",
 ]
 
 CSV_HEADER = ("query", "ranked_gallery")
+FORMATS = ("json", "csv")
 
 
 class SubmissionError(ValueError):
@@ -59,6 +62,23 @@ def _check_rankings(rankings: Mapping[str, Sequence[str]], source: str) -> None:
         if bad:
             raise ValueError(f"{source}: query {query!r}: gallery names must be non-empty "
                              f"strings, got {bad[0]!r}")
+
+
+def submission_format(path: str | os.PathLike, requested: str | None = None, key: str = "infer.format") -> str:
+    """The format of the submission file ``path``, from its extension (.json or .csv).
+
+    ``requested`` is a format the user asked for explicitly (``key``): it must agree with the
+    extension, else both are named; an unknown extension is refused.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = suffix[1:]
+    if fmt not in FORMATS:
+        raise ValueError(f"{path}: unknown submission extension {suffix or '(none)'!r}; a submission is "
+                         ".json or .csv (the format follows the extension)")
+    if requested is not None and requested != fmt:
+        raise ValueError(f"{path}: the extension {suffix} says {fmt}, but {key}={requested}; drop {key} "
+                         f"or name the file .{requested}")
+    return fmt
 
 
 def write_submission(
@@ -137,14 +157,17 @@ def _read_csv(path: Path, second_column: str | None) -> dict[str, list[str]]:
 
 def _read_by_extension(path: str | os.PathLike, csv_second: str | None) -> dict[str, list[str]]:
     p = Path(path)
+    if p.is_dir():
+        raise InputFileError(p, "is a folder; expected a .json or .csv file")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
     suffix = p.suffix.lower()
-    if suffix == ".json":
-        return _read_json(p)
-    if suffix == ".csv":
-        return _read_csv(p, csv_second)
-    raise ValueError(f"{p}: unknown format {suffix!r}; expected .json or .csv")
+    if suffix not in (".json", ".csv"):
+        raise ValueError(f"{p}: unknown format {suffix!r}; expected .json or .csv")
+    # invalid UTF-8, a NUL byte, no permission: errors that would not say which file
+    with reading(p, f"a UTF-8 {suffix[1:].upper()} file", "save it as UTF-8 text",
+                 only=(UnicodeDecodeError, csv.Error)):
+        return _read_json(p) if suffix == ".json" else _read_csv(p, csv_second)
 
 
 def read_submission(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -163,7 +186,7 @@ def gallery_names_from_dir(directory: str | os.PathLike) -> set[str]:
     files skipped): each relative POSIX path, with and without its extension."""
     root = Path(directory)
     if not root.is_dir():
-        raise ValueError(f"gallery directory {root} does not exist or is not a directory")
+        raise ValueError(f"{root}: the gallery directory does not exist or is not a directory")
     names: set[str] = set()
     for file in root.rglob("*"):
         rel = file.relative_to(root)

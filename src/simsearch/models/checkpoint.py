@@ -20,10 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from simsearch import __version__
+from simsearch.utils.errors import InputFileError, reading
 from simsearch.utils.fs import atomic_folder
 
-__all__ = ["git_sha", "save_checkpoint", "load_train_state", "load_model", "checkpoint_hash",
-           "rng_state", "set_rng_state"]
+__all__ = ["REBUILD", "checkpoint_hash", "fit_weights", "git_sha", "load_model", "load_train_state",
+           "load_weights", "rng_state", "save_checkpoint", "set_rng_state"]
+
+# What to do about a checkpoint file that cannot be read, for the messages below.
+REBUILD = "retrain, or point --checkpoint at another run's best/ or last/ folder"
 
 
 def git_sha() -> str:
@@ -83,11 +87,27 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, loss: torch.nn.M
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:
+    """The training state of ``last/`` (tensors and plain values only: ``weights_only=True``)."""
     path = Path(folder) / "train_state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no training state at {path}; was the run started with "
                                 "this output_dir and run_name?")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    # A refused pickle's own message advises weights_only=False, i.e. running the file's code: never shown.
+    with reading(path, "a training state simsearch can load safely (corrupt, truncated, or holding "
+                 "objects other than tensors, which are never unpickled)",
+                 "start the run again without --resume, or resume from an intact copy of the run",
+                 detail=False):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise InputFileError(path, "not a simsearch training state (no epoch counter)",
+                             "start the run again without --resume")
+    return state
+
+
+def load_weights(path: str | Path, fix: str = REBUILD) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a missing, truncated or corrupt one is an error naming it."""
+    with reading(path, "a safetensors file (truncated or corrupt?)", fix):
+        return load_file(str(path))
 
 
 def checkpoint_hash(folder: str | Path) -> str:
@@ -112,15 +132,43 @@ def load_model(folder: str | Path, cfg: DictConfig | None = None, merge: bool = 
 
     folder = Path(folder)
     weights = folder / "model.safetensors"
+    if folder.is_file():
+        raise InputFileError(folder, "is a file; --checkpoint takes a run's best/ or last/ folder",
+                             f"use {folder.parent}")
     if not weights.is_file():
         raise FileNotFoundError(f"--checkpoint: {weights} not found (expected a run's best/ or last/)")
     if cfg is None:
-        cfg = OmegaConf.load(folder / "config.yaml")
+        with reading(folder / "config.yaml", "the run's config (YAML)",
+                     "copy config.yaml back from the run folder, or retrain"):
+            cfg = OmegaConf.load(folder / "config.yaml")
+        if not isinstance(cfg, DictConfig) or not isinstance(cfg.get("model"), DictConfig):
+            raise InputFileError(folder / "config.yaml", "is not a run's config (no model section)",
+                                 "copy config.yaml back from the run folder, or retrain")
     build_cfg = OmegaConf.merge(cfg, {"model": {"pretrained": None}})
     model = build_model(build_cfg)
-    model.load_state_dict(load_file(str(weights)), strict=True)
+    fit_weights(model, load_weights(weights), weights)
     logging.getLogger("simsearch.models").info("loaded checkpoint weights from %s", weights)
     if merge and lora_enabled(cfg):
         merge_lora(model)
         logging.getLogger("simsearch.models").info("merged the LoRA adapters into the backbone weights")
     return model.eval(), cfg
+
+
+def fit_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path,
+                fix: str = "") -> None:
+    """Load ``state`` strictly into ``model``; weights of another shape or set of names are an error
+    naming ``source`` and the first keys at fault, not torch's traceback."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or shapes:
+        parts = [f"{len(shapes)} of another shape, e.g. {shapes[0]} is {tuple(state[shapes[0]].shape)} "
+                 f"where the model has {tuple(expected[shapes[0]].shape)}"] if shapes else []
+        parts += [f"{len(missing)} missing, e.g. {missing[0]}"] if missing else []
+        parts += [f"{len(unexpected)} unexpected, e.g. {unexpected[0]}"] if unexpected else []
+        raise InputFileError(source, "holds weights that do not fit the model the config builds ("
+                             + "; ".join(parts) + ")",
+                             fix or "the config and the weights come from different runs: use the run's "
+                             "own config.yaml, or retrain")
+    model.load_state_dict(state, strict=True)

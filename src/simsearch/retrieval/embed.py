@@ -9,12 +9,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from simsearch.config import ConfigError, check_number
 from simsearch.data import collate_skip_bad
 
-__all__ = ["embed_batch", "embed_dataset"]
+__all__ = ["check_embedding_config", "embed_batch", "embed_dataset"]
+
+
+def check_embedding_config(cfg: DictConfig) -> None:
+    """Range-check the keys that decide how images are embedded (validation, inference, indexes)."""
+    check_number("infer.batch_size", cfg.infer.batch_size, 1)
+    check_number("data.num_workers", cfg.data.num_workers, 0, why="0 = load images in the main process")
+    check_number("data.image_size", cfg.data.image_size, 1, null_ok=True, why="null = the backbone's own")
+    check_number("data.eval_resize_ratio", cfg.data.eval_resize_ratio, 1)
+    scales = list(cfg.infer.tta_scales)
+    if not scales:
+        raise ConfigError("infer.tta_scales: must list at least one scale, got [] ([1.0] = the plain size)")
+    for s in scales:
+        check_number("infer.tta_scales", s, 0, low_open=True, why="input size multipliers")
 
 
 @torch.no_grad()

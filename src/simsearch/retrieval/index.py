@@ -14,8 +14,8 @@ import math
 import faiss
 import numpy as np
 
-__all__ = ["FLAT_BELOW", "as_float32_matrix", "build_index", "ivf_nlist", "recommend_index", "resolve_factory",
-           "search"]
+__all__ = ["FLAT_BELOW", "as_float32_matrix", "build_index", "check_factory", "ivf_nlist", "recommend_index",
+           "resolve_factory", "search"]
 
 #: Gallery size from which an inverted-file index replaces Flat under ``auto``.
 FLAT_BELOW = 50_000
@@ -53,6 +53,19 @@ def recommend_index(n: int) -> str:
 def resolve_factory(factory: str, n: int) -> str:
     """``factory`` itself, or the ``recommend_index`` choice for ``n`` vectors when it is ``auto``."""
     return recommend_index(n) if isinstance(factory, str) and factory.strip().lower() == "auto" else factory
+
+
+def check_factory(factory: str, dim: int, key: str = "infer.index") -> None:
+    """Refuse, before anything is embedded, a factory string FAISS cannot build for ``dim``-wide
+    vectors (the gallery-size checks of IVF come later, in :func:`build_index`)."""
+    if not isinstance(factory, str) or not factory.strip():
+        raise ValueError(f"{key}: must be auto or a FAISS factory string, got {factory!r}")
+    try:
+        faiss.index_factory(int(dim), resolve_factory(factory, 1), faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        reason = (str(exc).strip().splitlines() or [""])[-1][:200]
+        raise ValueError(f"{key}: FAISS cannot build the index factory string {factory!r} for {dim}-dim "
+                         f"embeddings ({reason}); try Flat, HNSW32 or IVF{{n}},Flat") from exc
 
 
 def as_float32_matrix(x: np.ndarray, name: str) -> np.ndarray:

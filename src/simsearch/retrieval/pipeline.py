@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simsearch.config import section_values
+from simsearch.config import ConfigError, check_number, section_values
 from simsearch.retrieval.index import build_index, search
 from simsearch.retrieval.query_expansion import (
     alpha_query_expansion,
@@ -41,10 +41,27 @@ class RetrievalOptions:
     @classmethod
     def from_config(cls, infer_cfg, **changes) -> "RetrievalOptions":
         """Take the matching keys of the config's ``infer`` section, then ``changes``."""
-        values = section_values(cls, infer_cfg, changes)
-        if values.get("qe", "none") not in ("none", "avg", "alpha"):
-            raise ValueError(f"infer.qe: '{values['qe']}' must be none, avg or alpha")
-        return cls(**values)
+        opts = cls(**section_values(cls, infer_cfg, changes))
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        """Raise ConfigError naming the ``infer`` key at fault and its value."""
+        if self.qe not in ("none", "avg", "alpha"):
+            raise ConfigError(f"infer.qe: '{self.qe}' must be none, avg or alpha")
+        if not isinstance(self.index, str) or not self.index.strip():
+            raise ConfigError(f"infer.index: must be auto or a FAISS factory string, got {self.index!r}")
+        check_number("infer.top_k", self.top_k, 0, words=("all",), null_ok=True,
+                     why="all or 0 = the whole gallery")
+        check_number("infer.ef_search", self.ef_search, 1)
+        check_number("infer.nprobe", self.nprobe, 1)
+        check_number("infer.qe_k", self.qe_k, 1)
+        check_number("infer.qe_alpha", self.qe_alpha, 0)
+        check_number("infer.dba_k", self.dba_k, 0, why="0 = off")
+        check_number("infer.k1", self.k1, 1)
+        check_number("infer.k2", self.k2, 1)
+        check_number("infer.lambda_value", self.lambda_value, 0, 1)
+        check_number("infer.rerank_candidates", self.rerank_candidates, 1)
 
 
 def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions,

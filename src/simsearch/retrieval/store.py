@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,9 +40,10 @@ from omegaconf import DictConfig, OmegaConf
 from simsearch import __version__
 from simsearch.data import ImageDataset, build_transforms, is_image_file
 from simsearch.models.checkpoint import checkpoint_hash, load_model
-from simsearch.retrieval.embed import embed_dataset
-from simsearch.retrieval.index import as_float32_matrix, build_index, resolve_factory, search
-from simsearch.utils.fs import atomic_folder
+from simsearch.retrieval.embed import check_embedding_config, embed_dataset
+from simsearch.retrieval.index import as_float32_matrix, build_index, check_factory, resolve_factory, search
+from simsearch.utils.errors import InputFileError, reading
+from simsearch.utils.fs import atomic_folder, check_writable
 
 __all__ = ["Hit", "LoadedIndex", "add_to_index", "build_index_dir", "clip_spec", "list_images",
            "load_clip", "load_index_dir", "require_text_search", "search_index", "search_text",
@@ -53,6 +54,11 @@ log = logging.getLogger("simsearch.index")
 FORMAT_VERSION = 1
 EMB_FILE, IDS_FILE, INDEX_FILE = "embeddings.npy", "ids.json", "index.faiss"
 CLIP_FILE, MANIFEST_FILE = "clip_image_emb.npy", "manifest.json"
+# What to do about an index folder whose files cannot be read, for the messages below.
+REBUILD = "rebuild the index: tools/index.py build --checkpoint RUN/best --images DIR --out INDEX_DIR --force"
+WHAT = {MANIFEST_FILE: "the index manifest (JSON)", IDS_FILE: "the index's image ids (JSON list)",
+        EMB_FILE: "the index's embeddings (.npy)", CLIP_FILE: "the index's CLIP image features (.npy)",
+        INDEX_FILE: "a FAISS index file"}
 
 
 class Hit(NamedTuple):
@@ -107,7 +113,7 @@ def list_images(folder: str | Path) -> list[str]:
     """Sorted POSIX paths, relative to ``folder``, of every image under it (hidden ones skipped)."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+        raise FileNotFoundError(f"{root}: the image folder does not exist or is not a folder")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and is_image_file(p)
                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
@@ -133,10 +139,10 @@ def _collect(images: str | Path | Sequence[str | Path], images_dir: Path) -> lis
             files = [p / rel for rel in list_images(p)]
         elif p.is_file():
             if not is_image_file(p):
-                raise ValueError(f"{p} is not an image file (by its extension)")
+                raise ValueError(f"{p}: not an image file (by its extension)")
             files = [p]
         else:
-            raise FileNotFoundError(f"image path {p} does not exist")
+            raise FileNotFoundError(f"{p}: no such image file or folder")
         for f in files:
             out.setdefault(_image_id(f, images_dir), f)
     return list(out.items())
@@ -247,6 +253,7 @@ def _check_target(out: Path, force: bool) -> None:
     """Refuse to overwrite an index without ``force``, and anything that is not an index ever."""
     if out.is_file():
         raise FileExistsError(f"{out} is a file; the index output must be a folder")
+    check_writable(out, folder=True, what="the index folder")
     if not out.exists():
         return
     if not force:
@@ -299,11 +306,14 @@ def build_index_dir(checkpoint: str | Path, images_dir: str | Path, out_dir: str
     """
     out, root = Path(out_dir), Path(images_dir).resolve()
     _check_target(out, force)
+    if cfg is not None:
+        check_embedding_config(cfg)
     names = list_images(root)
     if not names:
         raise ValueError(f"no images under {root}")
     checkpoint = Path(checkpoint).resolve()
     model, ckpt_cfg = load_model(checkpoint)
+    check_factory(factory, model.embed_dim, key="--factory (infer.index)")
     sha = checkpoint_hash(checkpoint)
     cfg = cfg if cfg is not None else ckpt_cfg
     spec = clip_spec(cfg) if clip_features is not False else None
@@ -338,6 +348,7 @@ def add_to_index(index_dir: str | Path, images: str | Path | Sequence[str | Path
     refused. New images are embedded with the settings stored in the manifest.
     """
     loaded = load_index_dir(index_dir)
+    check_writable(loaded.folder, folder=True, what="the index folder")
     m = loaded.manifest
     ckpt = Path(checkpoint).resolve() if checkpoint else Path(m["checkpoint"])
     _check_same_checkpoint(m, ckpt, loaded.folder, "add to")
@@ -362,6 +373,26 @@ def add_to_index(index_dir: str | Path, images: str | Path | Sequence[str | Path
     return manifest
 
 
+def _read_part(folder: Path, name: str, read: Callable[[Path], Any]) -> Any:
+    """One file of an index folder; a missing, truncated or corrupt one is an error naming it."""
+    path = folder / name
+    with reading(path, WHAT[name], REBUILD):
+        return read(path)
+
+
+def _manifest_fields(mpath: Path, manifest: Any) -> None:
+    if not isinstance(manifest, dict):
+        raise InputFileError(mpath, f"is not the index manifest (a JSON {type(manifest).__name__}, not an "
+                             "object)", REBUILD)
+    missing = [k for k in ("format_version", "count", "checkpoint", "checkpoint_sha256", "images_dir",
+                           "factory", "embedding") if k not in manifest]
+    if missing:
+        raise InputFileError(mpath, f"is not a complete index manifest (no {', '.join(missing)})", REBUILD)
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise InputFileError(mpath, f"format_version {manifest['format_version']!r} is not {FORMAT_VERSION}",
+                             "rebuild the index with this simsearch")
+
+
 def load_index_dir(index_dir: str | Path) -> LoadedIndex:
     """Read an index folder and check that its files agree with each other."""
     folder = Path(index_dir)
@@ -369,20 +400,24 @@ def load_index_dir(index_dir: str | Path) -> LoadedIndex:
     if not mpath.is_file():
         raise FileNotFoundError(f"{folder} is not an index folder (no {MANIFEST_FILE}); "
                                 "build one with tools/index.py build")
-    manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{mpath}: format_version {manifest.get('format_version')!r} is not "
-                         f"{FORMAT_VERSION}; rebuild the index with this simsearch")
-    ids = json.loads((folder / IDS_FILE).read_text(encoding="utf-8"))
-    emb = np.load(folder / EMB_FILE)
-    index = faiss.read_index(str(folder / INDEX_FILE))
-    clip_emb = np.load(folder / CLIP_FILE) if manifest.get("clip") else None
+    manifest = _read_part(folder, MANIFEST_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    _manifest_fields(mpath, manifest)
+    ids = _read_part(folder, IDS_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InputFileError(folder / IDS_FILE, "is not a JSON list of image ids", REBUILD)
+    emb = _read_part(folder, EMB_FILE, lambda p: np.load(p, allow_pickle=False))
+    index = _read_part(folder, INDEX_FILE, lambda p: faiss.read_index(str(p)))
+    clip_emb = (_read_part(folder, CLIP_FILE, lambda p: np.load(p, allow_pickle=False))
+                if manifest.get("clip") else None)
+    if emb.ndim != 2 or emb.shape[1] != index.d:
+        raise InputFileError(folder / EMB_FILE, f"holds an array of shape {emb.shape}, not (N, {index.d}) like "
+                             f"{INDEX_FILE}", REBUILD)
     sizes = {"manifest count": manifest["count"], IDS_FILE: len(ids), EMB_FILE: emb.shape[0],
              INDEX_FILE: int(index.ntotal)}
     if clip_emb is not None:
         sizes[CLIP_FILE] = clip_emb.shape[0]
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"index folder {folder} is inconsistent: {sizes}")
+        raise InputFileError(folder, f"is an inconsistent index folder: {sizes}", REBUILD)
     log.info("loaded index %s: %d images of %s (%s)", folder, len(ids), manifest["images_dir"],
              manifest["factory"])
     return LoadedIndex(folder, manifest, ids, emb, index, clip_emb)
@@ -408,12 +443,14 @@ def search_index(index: str | Path | LoadedIndex, query_image_path: str | Path, 
     """Embed one query image like the index's images (same model, size and TTA) and search."""
     loaded = _loaded(index)
     query = Path(query_image_path)
+    if query.is_dir():
+        raise InputFileError(query, "is a folder; the query must be one image file")
     if not query.is_file():
-        raise FileNotFoundError(f"query image {query} does not exist")
+        raise FileNotFoundError(f"{query}: the query image does not exist")
     model = loaded.embedding_model(checkpoint)
     emb, ok = _embed_files(model, [query], loaded.manifest["embedding"], "query")
     if not ok[0]:
-        raise ValueError(f"cannot read the query image {query}")
+        raise InputFileError(query, "cannot be read as an image (not an image, truncated or corrupt)")
     return search_vectors(loaded, emb, top_k)[0]
 
 

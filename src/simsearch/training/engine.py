@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import logging
+import logging.handlers
 import math
 import random
 import time
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from simsearch.config import ConfigError
+from simsearch.config import ConfigError, check_choice, check_number
 from simsearch.config import save as save_config
 from simsearch.data import (
     ImageDataset,
@@ -43,14 +44,15 @@ from simsearch.evaluation.metrics import retrieval_metrics_from_embeddings
 from simsearch.models import EmbeddingModel, build_model
 from simsearch.models import checkpoint as ckpt
 from simsearch.models.model import count_parameters
-from simsearch.retrieval.embed import embed_dataset
+from simsearch.retrieval.embed import check_embedding_config, embed_dataset
 from simsearch.training.feature_cache import CACHE_DTYPES, FeatureCache, backbone_feature_shape, cache_bytes
 from simsearch.training.losses import build_loss_wrapper, check_loss_config
 from simsearch.training.optim import build_optimizer, build_scheduler
 from simsearch.training.stages import Stage, apply_stage, describe_stage, parse_stages, stage_index
-from simsearch.utils.fs import write_bytes_atomic
+from simsearch.utils.errors import InputFileError
+from simsearch.utils.fs import check_writable, write_bytes_atomic
 
-__all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "seed_everything"]
+__all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "check_train_config", "seed_everything"]
 
 log = logging.getLogger("simsearch.train")
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "seconds", "r1", "r5", "map",
@@ -88,7 +90,9 @@ def build_accelerator(cfg: DictConfig) -> Accelerator:
                        cpu=cfg.train.cpu)
 
 
-def _setup_logging(run_dir: Path, is_main: bool) -> None:
+def _setup_logging(run_dir: Path, is_main: bool, hold: bool = False) -> None:
+    """Log to the console and RUN/train.log; with ``hold`` (a resume not yet validated) the file's
+    lines are kept in memory until :func:`_release_log`, so a failed resume leaves train.log as it was."""
     root = logging.getLogger("simsearch")
     root.setLevel(logging.INFO)
     root.propagate = False  # our handlers print it; no second copy through the root logger
@@ -100,10 +104,35 @@ def _setup_logging(run_dir: Path, is_main: bool) -> None:
         root.setLevel(logging.WARNING)  # other ranks speak only to warn
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for h in (logging.FileHandler(run_dir / "train.log"), logging.StreamHandler()):
+    to_file = logging.FileHandler(run_dir / "train.log", delay=True)
+    to_file.setFormatter(fmt)
+    first: logging.Handler = to_file
+    if hold:
+        first = logging.handlers.MemoryHandler(1 << 20, flushLevel=logging.CRITICAL + 1, target=to_file,
+                                               flushOnClose=False)
+    for h in (first, logging.StreamHandler()):
         h.setFormatter(fmt)
         h._simsearch = True  # type: ignore[attr-defined]
         root.addHandler(h)
+
+
+def _release_log(keep: bool = True) -> None:
+    """Held log lines (see _setup_logging): ``keep`` writes them to train.log and logs straight to it
+    from now on; otherwise (a failed resume) they are dropped, and train.log stays as it was."""
+    root = logging.getLogger("simsearch")
+    for h in list(root.handlers):
+        if isinstance(h, logging.handlers.MemoryHandler) and getattr(h, "_simsearch", False):
+            target = h.target
+            if keep:
+                h.flush()
+            h.setTarget(None)  # logging.shutdown() flushes every handler: it must find nothing to write
+            root.removeHandler(h)
+            h.close()
+            if keep:
+                target._simsearch = True  # type: ignore[attr-defined]
+                root.addHandler(target)
+            else:
+                target.close()
 
 
 def load_samples(cfg: DictConfig) -> tuple[list, list, list[str]]:
@@ -279,23 +308,40 @@ def _train_state_dict(run: Run) -> dict:
 
 
 def _restore(run: Run) -> None:
-    """Continue from ``last/``: weights, optimizer, scheduler, scaler, sampler, RNG, counters."""
+    """Continue from ``last/``: weights, optimizer, scheduler, scaler, sampler, RNG, counters.
+
+    The weights are loaded first: ``last/`` must fit the model this config builds (same shapes),
+    else the resume is refused naming the file, before anything in the run folder has changed.
+    """
     last = run.run_dir / "last"
     ts = ckpt.load_train_state(last)
-    st = run.state
-    st.epoch, st.step, st.best, st.bad_epochs = ts["epoch"], ts["step"], ts["best"], ts["bad_epochs"]
-    st.skipped = list(ts["skipped"])
-    if ts.get("stage", 0) != run.stage:  # the saved optimizer belongs to that stage
-        _enter_stage(run, ts["stage"])
-    run.optimizer.load_state_dict(ts["optimizer"])
-    run.scheduler.load_state_dict(ts["scheduler"])
-    run.sampler.load_state_dict(ts["sampler"])
+    unwrap = run.accelerator.unwrap_model
+    fix = ("resume with the config the run was started with (its config.yaml), or start a new run "
+           "(another run_name) for the changed model")
+    ckpt.fit_weights(unwrap(run.model), ckpt.load_weights(last / "model.safetensors"),
+                     last / "model.safetensors", fix)
+    if (last / "loss.safetensors").exists():
+        ckpt.fit_weights(unwrap(run.loss_fn), ckpt.load_weights(last / "loss.safetensors"),
+                         last / "loss.safetensors", fix)
+    st, state_file = run.state, last / "train_state.pt"
+    try:
+        st.epoch, st.step, st.best, st.bad_epochs = ts["epoch"], ts["step"], ts["best"], ts["bad_epochs"]
+        st.skipped, stage = list(ts["skipped"]), int(ts.get("stage", 0))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputFileError(state_file, f"is not a complete training state (no {exc})", fix) from exc
+    if not 0 <= stage < len(run.stages):
+        raise InputFileError(state_file, f"was saved in training stage {stage + 1}, but this config has "
+                             f"{len(run.stages)} stage(s) (train.stages)", fix)
+    if stage != run.stage:  # the saved optimizer belongs to that stage
+        _enter_stage(run, stage)
+    try:
+        run.optimizer.load_state_dict(ts["optimizer"])
+        run.scheduler.load_state_dict(ts["scheduler"])
+        run.sampler.load_state_dict(ts["sampler"])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # torch: ValueError for other parameter groups
+        raise InputFileError(state_file, f"does not fit this run ({type(exc).__name__}: {exc})", fix) from exc
     if run.accelerator.scaler is not None and "scaler" in ts:
         run.accelerator.scaler.load_state_dict(ts["scaler"])
-    unwrap = run.accelerator.unwrap_model
-    unwrap(run.model).load_state_dict(_load_weights(last / "model.safetensors"))
-    if (last / "loss.safetensors").exists():
-        unwrap(run.loss_fn).load_state_dict(_load_weights(last / "loss.safetensors"))
     if "xbm" in ts:
         unwrap(run.loss_fn).set_xbm_position(ts["xbm"])
     ckpt.set_rng_state(ts["rng"])
@@ -307,22 +353,71 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 
 def _start(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
-    """Accelerator, run folder (never clobbering a finished run), resolved config, logging."""
+    """Accelerator, run folder (never clobbering a finished run), resolved config, logging.
+
+    A resume writes nothing yet: ``fit`` records its config once ``last/`` has been loaded.
+    """
+    check_train_config(cfg)
     check_loss_config(cfg)  # sampler, loss and data must fit together: fail before any work
     check_domain_config(cfg.data)
     accelerator = build_accelerator(cfg)
     run_dir = run_dir_of(cfg)
-    if accelerator.is_main_process:
-        if not resume and (run_dir / "last").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or "
-                                  "choose another train.output_dir or run_name")
+    check_writable(run_dir, folder=True, what="the run folder (train.output_dir/run_name)")
+    if resume:
+        state = run_dir / "last" / "train_state.pt"
+        if not state.is_file():
+            raise FileNotFoundError(f"--resume: no training state at {state}; was the run started with "
+                                    "this train.output_dir and run_name?")
+    elif (run_dir / "last").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or "
+                              "choose another train.output_dir or run_name")
+    elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     accelerator.wait_for_everyone()
-    _setup_logging(run_dir, accelerator.is_main_process)
+    _setup_logging(run_dir, accelerator.is_main_process, hold=resume)
     log.info("simsearch %s, git %s, %d process(es), device %s, mixed precision %s", ckpt.__version__,
              ckpt.git_sha(), accelerator.num_processes, accelerator.device, accelerator.mixed_precision)
     return accelerator, run_dir
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Range-check the counts, rates and choices of training, naming the key and the value."""
+    t, d = cfg.train, cfg.data
+    check_number("train.epochs", t.epochs, 0, why="0 saves the untrained model as the checkpoint")
+    check_number("train.batch_p", t.batch_p, 1)
+    check_number("train.batch_k", t.batch_k, 1)
+    check_number("train.lr", t.lr, 0, low_open=True)
+    check_number("train.min_lr", t.min_lr, 0)
+    check_number("train.weight_decay", t.weight_decay, 0)
+    check_number("train.llrd", t.llrd, 0, 1, low_open=True)
+    check_number("train.warmup_frac", t.warmup_frac, 0, 1, high_open=True)
+    check_number("train.miner_start_epoch", t.miner_start_epoch, 0)
+    check_number("train.grad_accum", t.grad_accum, 1)
+    check_number("train.clip_grad", t.clip_grad, 0, null_ok=True, why="0 or null = no clipping")
+    check_number("train.early_stop_patience", t.early_stop_patience, 0, why="0 = never stop early")
+    check_number("train.time_limit_min", t.time_limit_min, 0, low_open=True, null_ok=True)
+    check_number("train.log_every", t.log_every, 1)
+    check_number("train.max_steps_per_epoch", t.max_steps_per_epoch, 1, null_ok=True)
+    check_number("train.feature_cache.views", t.feature_cache.views, 0, why="0 = no cache")
+    check_number("train.feature_cache.max_gb", t.feature_cache.max_gb, 0, low_open=True)
+    check_choice("train.best_metric", t.best_metric, ("r1", "r5", "map"))
+    check_number("data.sample_ratio", d.sample_ratio, 0, 1, low_open=True)
+    check_number("data.min_images_per_class", d.min_images_per_class, 1)
+    check_number("data.val_fraction", d.val_fraction, 0, 1, high_open=True, why="0 = no validation")
+    check_choice("data.val_split", d.val_split, ("image", "class"))
+    check_choice("data.sampler", d.sampler, ("pk", "pairs"))
+    check_number("data.pk_rounds", d.pk_rounds, 1, null_ok=True)
+    check_number("data.pairs_per_batch", d.pairs_per_batch, 1, null_ok=True)
+    check_number("data.pair_pos_ratio", d.pair_pos_ratio, 0, 1)
+    check_number("data.train_scale_min", d.train_scale_min, 0, 1, low_open=True)
+    check_number("data.color_jitter", d.color_jitter, 0)
+    for key in ("hflip", "query_blur_p", "query_affine_p", "query_perspective_p"):
+        check_number(f"data.{key}", d[key], 0, 1, why="a probability")
+    check_number("model.embed_dim", cfg.model.embed_dim, 1, null_ok=True, why="null = the backbone's width")
+    check_number("model.gem_p", cfg.model.gem_p, 0, low_open=True)
+    check_number("model.dropout", cfg.model.dropout, 0, 1, high_open=True)
+    check_embedding_config(cfg)
 
 
 def _prepare(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> Run:
@@ -463,9 +558,17 @@ def _epoch(run: Run) -> tuple[dict[str, Any], bool]:
 def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
     """Train per ``cfg``; returns the best validation metrics and the run folder."""
     accelerator, run_dir = _start(cfg, resume)
-    run = _prepare(cfg, accelerator, run_dir)
+    try:
+        run = _prepare(cfg, accelerator, run_dir)
+        if resume:
+            _restore(run)  # refuses a last/ this config cannot continue, before the run folder changes
+    except BaseException:
+        _release_log(keep=False)
+        raise
     if resume:
-        _restore(run)
+        if accelerator.is_main_process:
+            save_config(cfg, run_dir / "config.yaml")
+        _release_log()
     run.writer = _tensorboard(run_dir) if accelerator.is_main_process else None
     if (cfg.train.eval_at_start or cfg.train.epochs == 0) and not resume:
         _baseline(run)
@@ -532,7 +635,7 @@ def _wise(run: Run) -> dict[str, Any] | None:
     if "wise_alpha" in meta:  # a resumed run that had already chosen
         log.info("WiSE-FT: best/ already holds the alpha=%g mix", meta["wise_alpha"])
         return None
-    tuned = _load_weights(best_dir / "model.safetensors")
+    tuned = ckpt.load_weights(best_dir / "model.safetensors")
     net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
     # only what lies above the cache trained: the cached features stay valid for every mix
     n_cached = cached_stages(run.stages, cfg.train.feature_cache.views, net.backbone.num_layers)[0]
@@ -564,12 +667,6 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     w.writerows(rows)
     write_bytes_atomic(path, buf.getvalue().encode("utf-8"), force=True)
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def _tensorboard(run_dir: Path):

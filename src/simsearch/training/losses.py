@@ -18,7 +18,7 @@ from pytorch_metric_learning import distances, losses, miners
 from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
-from simsearch.config import ConfigError
+from simsearch.config import ConfigError, check_number
 from simsearch.data.datasets import manifest_columns
 
 __all__ = ["CLASSIFIER_LOSSES", "LOSSES", "PAIR_LOSSES", "ClassifierCrossEntropyLoss", "CosineEmbeddingLoss",
@@ -128,6 +128,12 @@ def check_loss_config(cfg: DictConfig) -> None:
         if cfg.loss.miner not in (None, "none"):
             raise ConfigError(f"loss.miner={cfg.loss.miner} would replace the sampled pairs; set "
                               "loss.miner=null with data.sampler=pairs")
+    if sampler == "pk" and name not in CLASSIFIER_LOSSES and cfg.train.batch_k < 2:
+        raise ConfigError(f"train.batch_k: must be >= 2 for loss.name={name}, got {cfg.train.batch_k} (a metric "
+                          "loss learns from two images of a class in one batch; the classifier losses "
+                          f"{' and '.join(CLASSIFIER_LOSSES)} take 1)")
+    check_number("loss.xbm_size", cfg.loss.xbm_size, 0, why="0 = off")
+    check_number("loss.miner_epsilon", cfg.loss.miner_epsilon, 0)
     xbm = cfg.loss.xbm_size
     if xbm:
         if name not in XBM_LOSSES or sampler == "pairs":

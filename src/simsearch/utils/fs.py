@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_file", "atomic_folder", "replace_file", "swap_into_place", "write_bytes_atomic",
-           "write_json_atomic", "write_text_atomic"]
+from simsearch.utils.errors import OutputPathError
+
+__all__ = ["atomic_file", "atomic_folder", "check_writable", "replace_file", "swap_into_place",
+           "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def _refuse_existing(target: Path, force: bool) -> None:
@@ -98,6 +100,36 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "the output") -> Path:
+    """Refuse, before any work, an output that could not be written later; returns ``path`` as a Path.
+
+    ``path`` (a file, or a folder when ``folder``) may exist or not; raises :class:`OutputPathError`
+    naming the path at fault when it is a folder where a file goes (or a file where a folder goes),
+    when it or the folder it would be made in is not writable, or when a part of the way to it is a
+    file. Whether an existing output may be replaced (``--force``) is the caller's check.
+    """
+    target = Path(path)
+    kind = "folder" if folder else "file"
+    if target.exists():
+        if target.is_dir() != folder:
+            actual = "folder" if target.is_dir() else "file"
+            raise OutputPathError(target, f"is a {actual}, but {what} must be a {kind}",
+                                  "choose another path")
+        if not os.access(target, os.W_OK | (os.X_OK if folder else 0)):
+            raise OutputPathError(target, f"is not writable, so {what} cannot be written there",
+                                  "fix its permissions or choose another path")
+    parent = target.absolute().parent
+    while not parent.exists():  # the nearest folder that exists is where the rest would be made
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(parent, f"is a file, so {what} {target} cannot be made under it",
+                              "choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(parent, f"is not writable, so {what} {target} cannot be made there",
+                              "fix its permissions or choose another path")
+    return target
 
 
 def _umask() -> int:
