@@ -328,6 +328,24 @@ key_cases("infer", lambda w, t, override, key: infer_bad(w, t, [key], override),
 
 
 @case("infer")
+def second_stage_checkpoint_missing(w: World, t: Path) -> Bad:
+    return infer_bad(w, t, ["infer.second_stage.checkpoint", str(t / "gone")], "infer.second_stage.enabled=true",
+                     f"infer.second_stage.checkpoint={t / 'gone'}")
+
+
+@case("infer")
+def second_stage_config_missing(w: World, t: Path) -> Bad:
+    return infer_bad(w, t, ["infer.second_stage.config", str(t / "gone.yaml")], "infer.second_stage.enabled=true",
+                     f"infer.second_stage.config={t / 'gone.yaml'}")
+
+
+@case("infer")
+def titles_csv_missing(w: World, t: Path) -> Bad:
+    return infer_bad(w, t, ["infer.text.titles_csv", str(t / "titles.csv")], "infer.text.enabled=true",
+                     f"infer.text.titles_csv={t / 'titles.csv'}")
+
+
+@case("infer")
 def checkpoint_missing(w: World, t: Path) -> Bad:
     return infer_bad(w, t, [str(t / "nope")], ckpt=t / "nope")
 

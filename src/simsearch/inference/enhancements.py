@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,10 +74,24 @@ def multicrop_options(cfg: DictConfig) -> MultiCropOptions | None:
 
 
 def validate_enhancements(cfg: DictConfig) -> None:
-    """Check the three sections before any work (errors name the key at fault)."""
+    """Check the three sections before any work (errors name the key at fault), the files the switched-on
+    ones will read included: a missing second model or titles file must not show after the gallery is embedded."""
     MultiCropOptions.from_config(cfg.infer.multicrop)
-    SecondStageOptions.from_config(cfg.infer.second_stage)
-    TextOptions.from_config(cfg.infer.text)
+    second = SecondStageOptions.from_config(cfg.infer.second_stage)
+    text = TextOptions.from_config(cfg.infer.text)
+    if second.enabled:
+        if second.checkpoint:
+            _must_exist("infer.second_stage.checkpoint", Path(second.checkpoint) / "model.safetensors",
+                        "a run's best/ or last/ folder")
+        if second.config:
+            _must_exist("infer.second_stage.config", Path(second.config), "a model config YAML")
+    if text.enabled and text.titles_csv:
+        _must_exist("infer.text.titles_csv", Path(text.titles_csv), "a CSV of titles")
+
+
+def _must_exist(key: str, path: Path, what: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: {path} not found ({key} must name {what})")
 
 
 def embed_query_crops(model, query, cfg: DictConfig, opts: MultiCropOptions, detector=None, accelerator=None,
