@@ -11,7 +11,7 @@ import argparse
 import ipaddress
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--url-timeout", type=float, default=10.0, help="seconds allowed for fetching a URL")
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixel cap for query images")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder, if it moved since the index was built")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         launch_app(service, host=args.host, port=args.port)
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     return 0
 
 

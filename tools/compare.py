@@ -15,7 +15,7 @@ import logging
 import shlex
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="evaluate an approach's finished run in --work "
                                                         "instead of refusing to train over it")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                        force=args.force, reuse=args.reuse, max_queries=args.max_queries,
                        max_gallery=args.max_gallery, command=command)
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     with open(args.out, encoding="utf-8") as f:
         print(f.read())
     print(f"compared {len(rows)} approach(es): {args.out}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--atol", type=float, default=1e-4,
                    help="largest |onnx - torch| accepted by the check run before the file is moved in")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         info = export_onnx(args.checkpoint, args.out, opset=args.opset, force=args.force,
                            exporter=args.exporter, atol=args.atol)
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     diffs = ", ".join(f"batch {b}: {d:.1e}" for b, d in info["max_abs_diff"].items())
     print(f"wrote {info['out']}: images (B, 3, {info['input_size']}, {info['input_size']}) -> embeddings "
           f"(B, {info['embed_dim']}); {info['exporter']} exporter, opset {info['opset']}; "

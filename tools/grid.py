@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=int, default=5, help="results shown per query")
     p.add_argument("--thumb", type=int, default=128, help="tile size in pixels")
     p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                               thumb=args.thumb, force=args.force)
         print(f"grid: {out}")
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from simsearch.utils.errors import USER_ERRORS, user_error
+from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--partition", default=None, help="list_eval_partition.txt, if not under --root")
     p.add_argument("--copy", action="store_true", help="copy the images instead of symlinking them")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
         counts = build_inshop(args.root, args.out, copy=args.copy, force=args.force, partition=args.partition)
     except USER_ERRORS as exc:
-        return user_error(exc)
+        return user_error(exc, args.debug)
     print(f"{args.out}: {counts['train_images']} training images of {counts['train_items']} items, "
           f"{counts['queries']} queries, {counts['gallery']} gallery images"
           + (f" ({counts['queries_without_gallery']} queries without gallery left out)"

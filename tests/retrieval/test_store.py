@@ -218,4 +218,5 @@ def test_text_search_needs_a_clip_model(built, tmp_path, capsys):
     with pytest.raises(ValueError, match="timm:resnet18"):
         search_text(idx, "red dress")
     assert search_main(["--index", str(idx), "--query-text", "red dress"]) == 2
-    assert "text search needs a CLIP model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "text search needs a CLIP model" in err and str(idx) in err  # names the index at fault

@@ -21,8 +21,12 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tools.compare import main as compare_main
+from tools.export import main as export_main
+from tools.grid import main as grid_main
 from tools.index import main as index_main
 from tools.infer import main as infer_main
+from tools.inshop import main as inshop_main
 from tools.score import main as score_main
 from tools.search import main as search_main
 from tools.train import main as train_main
@@ -33,7 +37,8 @@ from simsearch.retrieval.store import build_index_dir
 
 TINY = str(CONFIGS / "tiny_test.yaml")
 TOOLS: dict[str, Callable[[list[str]], int]] = {"train": train_main, "infer": infer_main, "score": score_main,
-                                                "index": index_main, "search": search_main}
+                                                "index": index_main, "search": search_main, "export": export_main,
+                                                "grid": grid_main, "inshop": inshop_main, "compare": compare_main}
 ROOT = os.geteuid() == 0  # chmod does not stop root: there the tests deny the chmodded paths by patch
 DENIED: dict[str, bool] = {}  # path -> reads denied too (chmod 0) or only writes (a chmod 555 folder)
 
@@ -864,6 +869,10 @@ def test_the_format_follows_the_extension_of_out(world, tmp_path) -> None:
     ("score", ["missing.json", "--ground-truth", "gt.json", "--no-leaderboard"]),
     ("index", ["add", "--index", "noidx", "--images", "x.jpg"]),
     ("search", ["--index", "noidx", "--query-image", "x.jpg"]),
+    ("export", ["--checkpoint", "nope", "--out", "m.onnx"]),
+    ("grid", ["--submission", "missing.json", "--query-dir", "q", "--gallery-dir", "g", "--out", "g.png"]),
+    ("inshop", ["--root", "nowhere", "--out", "inshop"]),
+    ("compare", ["--configs", "missing.yaml", "--data", "nowhere"]),
 ])
 def test_debug_shows_the_traceback(tool, argv, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)

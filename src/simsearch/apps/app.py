@@ -123,7 +123,7 @@ class SearchService:
         self.images_dir = self.index.images_dir.resolve()
         self.index.embedding_model(checkpoint)  # load now: a wrong or missing checkpoint fails at start
         try:
-            require_text_search(self.index.manifest)
+            require_text_search(self.index.manifest, self.index.folder)
             self.text_search_error: str | None = None
         except ValueError as exc:
             self.text_search_error = str(exc)

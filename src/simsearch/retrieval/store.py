@@ -102,7 +102,7 @@ class LoadedIndex:
     def clip_model(self) -> tuple[torch.nn.Module, Any]:
         """(CLIP model, tokenizer) named by the manifest; raises for non-CLIP indexes."""
         if self._clip is None:
-            self._clip = load_clip(require_text_search(self.manifest))
+            self._clip = load_clip(require_text_search(self.manifest, self.folder))
         return self._clip
 
 
@@ -454,15 +454,16 @@ def search_index(index: str | Path | LoadedIndex, query_image_path: str | Path, 
     return search_vectors(loaded, emb, top_k)[0]
 
 
-def require_text_search(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's CLIP spec, or a ValueError saying why this index cannot search by text."""
+def require_text_search(manifest: dict[str, Any], folder: str | Path | None = None) -> dict[str, Any]:
+    """The manifest's CLIP spec, or a ValueError saying why this index (``folder``) cannot search by text."""
+    where = f"{folder}: " if folder is not None else ""
     backbone = str(manifest.get("config", {}).get("model", {}).get("backbone", "unknown"))
     if not backbone.startswith("open_clip:"):
-        raise ValueError(f"text search needs a CLIP model (open_clip:NAME[:TAG] backbone), but this index "
-                         f"was built with {backbone}, which has no text tower; build the index from a "
+        raise ValueError(f"{where}text search needs a CLIP model (open_clip:NAME[:TAG] backbone), but this "
+                         f"index was built with {backbone}, which has no text tower; build the index from a "
                          "checkpoint with an OpenCLIP backbone")
     if not manifest.get("clip"):
-        raise ValueError("this index was built without CLIP image features (clip_features=False / "
+        raise ValueError(f"{where}this index was built without CLIP image features (clip_features=False / "
                          "--no-clip-features); rebuild it with them for text search")
     return manifest["clip"]
 
@@ -470,7 +471,7 @@ def require_text_search(manifest: dict[str, Any]) -> dict[str, Any]:
 def search_text(index: str | Path | LoadedIndex, text: str, top_k: int = 10) -> list[Hit]:
     """Rank the index's images by CLIP similarity between ``text`` and their CLIP image features."""
     loaded = _loaded(index)
-    require_text_search(loaded.manifest)
+    require_text_search(loaded.manifest, loaded.folder)
     if not text or not text.strip():
         raise ValueError("the text query is empty")
     if top_k < 1:
