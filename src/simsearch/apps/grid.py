@@ -111,9 +111,7 @@ def check_grid_out(out_png: str | os.PathLike, force: bool, thumb: int) -> Path:
     out = Path(out_png)
     if out.suffix.lower() != ".png":
         raise ValueError(f"{out}: a grid output must end in .png")
-    check_writable(out, what="the grid PNG")
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} already exists; pass --force (force=True) to overwrite")
+    check_writable(out, what="the grid PNG", force=force)
     if thumb < 16:
         raise ValueError(f"--thumb: must be at least 16 pixels, got {thumb}")
     return out

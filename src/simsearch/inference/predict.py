@@ -77,9 +77,7 @@ def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path
             raise FileNotFoundError(f"{flag}: {folder} does not exist or is not a folder")
     fmt = submission_format(out, fmt)
     for path in (out, meta_path(out)):
-        check_writable(path, what="the submission")
-        if path.exists() and not force:
-            raise FileExistsError(f"{path} exists; pass --force to overwrite it")
+        check_writable(path, what="the submission", force=force)
     if cfg.infer.cache_dir:
         check_writable(cfg.infer.cache_dir, folder=True, what="the embedding cache (infer.cache_dir)")
     opts = check_inference_config(cfg)
@@ -153,9 +151,7 @@ def run_ablation(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path,
     """
 
     if out_md:
-        check_writable(out_md, what="the ablation table (--ablate-out)")
-        if Path(out_md).exists() and not force:
-            raise FileExistsError(f"{out_md} already exists; pass --force to overwrite it")
+        check_writable(out_md, what="the ablation table (--ablate-out)", force=force)
     opts = check_inference_config(cfg)
     gt = read_ground_truth(ground_truth)
     model, _ = load_model(checkpoint)

@@ -24,7 +24,7 @@ from simsearch.utils.errors import InputFileError, reading
 from simsearch.utils.fs import atomic_folder
 
 __all__ = ["REBUILD", "checkpoint_hash", "fit_weights", "git_sha", "load_model", "load_train_state",
-           "load_weights", "rng_state", "save_checkpoint", "set_rng_state"]
+           "load_weights", "rng_state", "save_checkpoint", "set_rng_state", "train_state_path"]
 
 # What to do about a checkpoint file that cannot be read, for the messages below.
 REBUILD = "retrain, or point --checkpoint at another run's best/ or last/ folder"
@@ -86,12 +86,18 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, loss: torch.nn.M
     return folder
 
 
-def load_train_state(folder: str | Path) -> dict[str, Any]:
-    """The training state of ``last/`` (tensors and plain values only: ``weights_only=True``)."""
+def train_state_path(folder: str | Path) -> Path:
+    """``folder``'s train_state.pt, or FileNotFoundError when there is none to resume from."""
     path = Path(folder) / "train_state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no training state at {path}; was the run started with "
-                                "this output_dir and run_name?")
+                                "this train.output_dir and run_name?")
+    return path
+
+
+def load_train_state(folder: str | Path) -> dict[str, Any]:
+    """The training state of ``last/`` (tensors and plain values only: ``weights_only=True``)."""
+    path = train_state_path(folder)
     # A refused pickle's own message advises weights_only=False, i.e. running the file's code: never shown.
     with reading(path, "a training state simsearch can load safely (corrupt, truncated, or holding "
                  "objects other than tensors, which are never unpickled)",

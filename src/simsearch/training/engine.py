@@ -364,10 +364,7 @@ def _start(cfg: DictConfig, resume: bool) -> tuple[Accelerator, Path]:
     run_dir = run_dir_of(cfg)
     check_writable(run_dir, folder=True, what="the run folder (train.output_dir/run_name)")
     if resume:
-        state = run_dir / "last" / "train_state.pt"
-        if not state.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {state}; was the run started with "
-                                    "this train.output_dir and run_name?")
+        ckpt.train_state_path(run_dir / "last")  # nothing to resume: fail before any work
     elif (run_dir / "last").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it, or "
                               "choose another train.output_dir or run_name")

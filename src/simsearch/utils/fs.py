@@ -102,13 +102,15 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "the output") -> Path:
+def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "the output",
+                   force: bool | None = None) -> Path:
     """Refuse, before any work, an output that could not be written later; returns ``path`` as a Path.
 
     ``path`` (a file, or a folder when ``folder``) may exist or not; raises :class:`OutputPathError`
     naming the path at fault when it is a folder where a file goes (or a file where a folder goes),
     when it or the folder it would be made in is not writable, or when a part of the way to it is a
-    file. Whether an existing output may be replaced (``--force``) is the caller's check.
+    file. With ``force`` given, an existing output is also refused unless ``force`` (None: the
+    caller decides, e.g. an index folder that may be replaced only when it is one).
     """
     target = Path(path)
     kind = "folder" if folder else "file"
@@ -129,6 +131,8 @@ def check_writable(path: str | os.PathLike, folder: bool = False, what: str = "t
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(parent, f"is not writable, so {what} {target} cannot be made there",
                               "fix its permissions or choose another path")
+    if force is not None:
+        _refuse_existing(target, force)
     return target
 
 
