@@ -12,7 +12,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = (REPO / "configs").resolve()  # the shipped configs (src/simsearch/configs)
 
 
 def make_class_folder(root: Path, n_classes: int = 6, per_class: int = 6, size: int = 40,

@@ -14,7 +14,7 @@ import simsearch
 SRC = Path(simsearch.__file__).parent
 # lower number = lower layer; a module may import its own layer and the ones below
 LAYERS = {"utils": 0, "config": 0, "": 0, "data": 1, "models": 1, "evaluation": 2, "retrieval": 3,
-          "training": 4, "inference": 5, "apps": 6, "benchmarks": 6, "cli": 7}
+          "training": 4, "inference": 5, "apps": 6, "benchmarks": 6, "commands": 7, "cli": 8}
 
 
 def _module_name(path: Path) -> str:

@@ -14,19 +14,46 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from simsearch.utils.fs import write_text_atomic
 
-__all__ = ["ConfigError", "check_choice", "check_number", "default_config_path", "load", "save", "section_values"]
+__all__ = ["ConfigError", "check_choice", "check_number", "configs_dir", "default_config_path", "load",
+           "resolve_config", "save", "section_values", "shipped_configs"]
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or gives a wrong type."""
 
 
+def configs_dir() -> Path:
+    """The configs shipped inside the package (the checkout's top-level ``configs/`` links here)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
 def default_config_path() -> Path:
-    """The repository's ``configs/default.yaml`` (override with ``SIMSEARCH_DEFAULT_CONFIG``)."""
+    """The shipped ``configs/default.yaml`` (override with ``SIMSEARCH_DEFAULT_CONFIG``)."""
     env = os.environ.get("SIMSEARCH_DEFAULT_CONFIG")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    return configs_dir() / "default.yaml"
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped experiment configs (``simsearch train --config NAME`` takes them)."""
+    return sorted(p.stem for p in configs_dir().glob("*.yaml") if p.stem != "default")
+
+
+def resolve_config(name: str | Path, key: str | None = None) -> Path:
+    """A config file: ``name`` as a path when it exists, else a shipped config (``vit_l14_circle``,
+    ``vit_l14_circle.yaml`` or ``configs/vit_l14_circle.yaml``), so the installed command finds them
+    outside a checkout; anything else is refused with the shipped names (and ``key``, the setting
+    that named it, when given)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    stem = p.name[:-5] if p.name.endswith(".yaml") else p.name
+    shipped = configs_dir() / f"{stem}.yaml"
+    if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "configs"):
+        return shipped
+    raise ConfigError(f"{key + ': ' if key else ''}config file not found: {name} (nor a shipped config of that name; "
+                      f"shipped: {', '.join(shipped_configs())})")
 
 
 # Keys that also take one word besides their default's type.
@@ -169,7 +196,7 @@ def load(files: Iterable[str | Path] = (), overrides: Sequence[str] = (),
     """
     default_path = Path(default) if default else default_config_path()
     cfg = base = _read_yaml(default_path)
-    files = [Path(f) for f in files]
+    files = [resolve_config(f) for f in files]
     layers = [(str(f), _read_yaml(f)) for f in files]
     layers.append(("command line", _parse_overrides(overrides, base)))
     for source, layer in layers:

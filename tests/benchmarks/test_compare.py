@@ -72,7 +72,7 @@ def test_compare_trains_two_tiny_approaches_and_scores_them_like_score_py(tmp_pa
         total = sum(p.numel() for p in model.parameters())
         assert row[11] == (f"{total / 1e6:.2f} M" if total >= 10_000 else f"{total:,}")
         assert row[12] == "16"
-    assert "When to choose which." in md and "python tools/compare.py --configs" in md
+    assert "When to choose which." in md and "simsearch compare --configs" in md
     # never overwrite silently; --runs evaluates a finished run without training
     assert compare_main(args) == 2
     assert "compare.md exists; pass --force" in capsys.readouterr().err

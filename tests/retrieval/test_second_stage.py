@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import CONFIGS
-from simsearch.config import load
+from simsearch.config import ConfigError, load
 from simsearch.models import build_model
 from simsearch.retrieval.second_stage import SecondStage, SecondStageOptions, resolve_config_path
 
@@ -39,7 +39,7 @@ def test_shipped_coarse_to_fine_config_names_mobilevit_which_builds():
 def test_resolve_config_path_falls_back_to_the_configs_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert resolve_config_path("tiny_test.yaml") == CONFIGS / "tiny_test.yaml"
-    with pytest.raises(FileNotFoundError, match="infer.second_stage.config: nope.yaml"):
+    with pytest.raises(ConfigError, match="infer.second_stage.config: config file not found: nope.yaml"):
         resolve_config_path("nope.yaml")
 
 

@@ -57,7 +57,7 @@ _MD_SPECIAL = re.compile(r"[\\`*_{}\[\]()<>#|!~]")
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The app's limits; each is a command-line option of ``tools/app.py``."""
+    """The app's limits; each is a command-line option of ``simsearch app``."""
 
     top_k: int = 5
     max_upload_mb: float = 10.0

@@ -8,7 +8,7 @@ optionally ``key=value`` overrides for that approach alone, e.g.
 ``configs/lora_clip.yaml+configs/tiny_test.yaml+data.image_size=null``.
 
 Evaluation measures the models themselves: plain embeddings (no TTA), exact cosine search over
-the whole gallery, no query expansion or re-ranking. ``tools/infer.py --ablate`` shows what those
+the whole gallery, no query expansion or re-ranking. ``simsearch infer --ablate`` shows what those
 add for the approach chosen here.
 """
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _parameters(checkpoint: Path, model: torch.nn.Module) -> tuple[int, int]:
 
 def evaluate_checkpoint(approach: Approach, cfg: DictConfig, comp: Competition,
                         gt: dict[str, list[str]]) -> dict[str, Any]:
-    """Plain embeddings, exact cosine search over the whole gallery, scored like tools/score.py."""
+    """Plain embeddings, exact cosine search over the whole gallery, scored like simsearch score."""
     model, _ = load_model(approach.checkpoint)
     size = int(cfg.data.image_size or model.data_config.input_size)
     with torch.no_grad():  # warm-up: thread pools and kernel selection for this shape stay out of img/s

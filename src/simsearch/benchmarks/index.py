@@ -41,14 +41,14 @@ from simsearch.benchmarks.common import (
     time_repeats,
     write_json,
 )
-from simsearch.config import default_config_path, load
+from simsearch.config import load
 from simsearch.retrieval.index import FLAT_BELOW, ivf_nlist, recommend_index
 from simsearch.utils.synthetic import clustered_unit_vectors
 
 __all__ = ["main", "recall_at_k"]
 
 # the dev data set beside the checkout (../shared/data), wherever the checkout lives
-CALTECH = default_config_path().parents[2] / "shared" / "data" / "caltech101" / "test"
+CALTECH = Path(__file__).resolve().parents[4] / "shared" / "data" / "caltech101" / "test"
 EF_SEARCH = (16, 32, 64, 128, 256)
 NPROBE = (1, 4, 16, 64)
 GOAL_RECALL, GOAL_SPEEDUP = 0.95, 20.0

@@ -4,7 +4,7 @@
         [--minutes 30] [--val-split image|class] [--work runs/bench_quality] [key=value ...]
 
 ROOT is laid out like ../shared/data/caltech101 (training/<class>/*, test/query, test/gallery,
-test/ground_truth.json). The config is trained twice (``training.engine.fit``, what ``tools/train.py`` runs): with
+test/ground_truth.json). The config is trained twice (``training.engine.fit``, what ``simsearch train`` runs): with
 ``train.epochs=0`` (the untrained model: the best zero-shot setting of the same config, since the
 recipe's identity head passes the backbone's GeM features through) and as shipped, with its
 training time capped by ``--minutes`` (``train.time_limit_min``). Both checkpoints are scored

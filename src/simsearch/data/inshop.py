@@ -8,7 +8,7 @@
     ...
 
 with status train, query or gallery. ``build_inshop`` turns it into the layout that
-``tools/train.py``, ``tools/infer.py`` and ``tools/score.py`` read (as ``../shared/data/caltech101``
+``simsearch train``, ``simsearch infer`` and ``simsearch score`` read (as ``../shared/data/caltech101``
 and the demo competition): ``training/<item_id>/<image>``, ``test/query/<image>``,
 ``test/gallery/<image>`` and ``test/ground_truth.json`` ({query: gallery images of the same item}).
 Image names are the list's paths with ``/`` turned into ``__`` (``img/`` dropped), so they stay

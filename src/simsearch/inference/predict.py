@@ -1,6 +1,6 @@
 """Inference: embed query and gallery folders, retrieve, write a submission and its meta.
 
-Used by ``tools/infer.py``; imports no training code (the engine), as open_clip keeps its
+Used by ``simsearch infer``; imports no training code (the engine), as open_clip keeps its
 library apart from its training app.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_inference_config(cfg: DictConfig) -> RetrievalOptions:
 def run_inference(cfg: DictConfig, checkpoint: str | Path, query_dir: str | Path, gallery_dir: str | Path,
                   out: str | Path, force: bool = False, strict: bool = False, train_dir: str | None = None,
                   accelerator=None, captioner=None, fmt: str | None = None) -> dict[str, Any]:
-    """The whole ``tools/infer.py`` job; returns the meta that is written beside the submission.
+    """The whole ``simsearch infer`` job; returns the meta that is written beside the submission.
 
     The submission's format follows the extension of ``out`` (.json or .csv); ``fmt``, when given,
     must agree with it. Every output is checked (exists without ``force``, not writable) before

@@ -189,7 +189,7 @@ class CropDataset(Dataset):
 
 def search_index_multicrop(index: Any, query_image_path: str | Path, top_k: int, opts: MultiCropOptions,
                            checkpoint: str | Path | None = None) -> list[Any]:
-    """``tools/search.py --multicrop``: embed the crops of one image like the index's images,
+    """``simsearch search --multicrop``: embed the crops of one image like the index's images,
     search each, fuse; hits carry the fused score (RRF score, or the best cosine for max)."""
     from simsearch.data import build_transforms
     from simsearch.retrieval.embed import embed_dataset

@@ -52,16 +52,13 @@ class SecondStageOptions:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, else relative to the repository's ``configs/`` folder."""
-    from simsearch.config import default_config_path
+    """A config path as given, else a shipped config of that name (``config.resolve_config``)."""
+    from simsearch.config import ConfigError, resolve_config
 
-    p = Path(path)
-    if p.is_file():
-        return p
-    alt = default_config_path().parent / p.name
-    if alt.is_file():
-        return alt
-    raise FileNotFoundError(f"infer.second_stage.config: {p} not found (nor {alt})")
+    p = resolve_config(path, key="infer.second_stage.config")
+    if not p.is_file():
+        raise ConfigError(f"infer.second_stage.config: {p} is not a file")
+    return p
 
 
 def _load_second_model(opts: SecondStageOptions) -> tuple[torch.nn.Module, Any, str]:

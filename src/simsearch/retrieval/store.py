@@ -55,7 +55,7 @@ FORMAT_VERSION = 1
 EMB_FILE, IDS_FILE, INDEX_FILE = "embeddings.npy", "ids.json", "index.faiss"
 CLIP_FILE, MANIFEST_FILE = "clip_image_emb.npy", "manifest.json"
 # What to do about an index folder whose files cannot be read, for the messages below.
-REBUILD = "rebuild the index: tools/index.py build --checkpoint RUN/best --images DIR --out INDEX_DIR --force"
+REBUILD = "rebuild the index: simsearch index build --checkpoint RUN/best --images DIR --out INDEX_DIR --force"
 WHAT = {MANIFEST_FILE: "the index manifest (JSON)", IDS_FILE: "the index's image ids (JSON list)",
         EMB_FILE: "the index's embeddings (.npy)", CLIP_FILE: "the index's CLIP image features (.npy)",
         INDEX_FILE: "a FAISS index file"}
@@ -399,7 +399,7 @@ def load_index_dir(index_dir: str | Path) -> LoadedIndex:
     mpath = folder / MANIFEST_FILE
     if not mpath.is_file():
         raise FileNotFoundError(f"{folder} is not an index folder (no {MANIFEST_FILE}); "
-                                "build one with tools/index.py build")
+                                "build one with simsearch index build")
     manifest = _read_part(folder, MANIFEST_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
     _manifest_fields(mpath, manifest)
     ids = _read_part(folder, IDS_FILE, lambda p: json.loads(p.read_text(encoding="utf-8")))
