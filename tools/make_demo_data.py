@@ -1,4 +1,4 @@
-"""Checkout alias of ``simsearch make-demo-data`` (``python -m tools.make_demo_data`` or ``python tools/make_demo_data.py``)."""
+"""Checkout alias of ``simsearch make-demo-data`` (``python -m tools.make_demo_data``)."""
 import sys
 
 from simsearch.commands.make_demo_data import main, parse_args  # noqa: F401

@@ -64,7 +64,8 @@ def _bench(rest: list[str]) -> int:
         return 0 if rest else 2
     name, rest = rest[0], rest[1:]
     if name not in names:
-        return user_error(ValueError(f"simsearch bench: unknown benchmark '{name}' (choose from {', '.join(names)})"))
+        return user_error(ValueError(f"simsearch bench: unknown benchmark '{name}' "
+                                     f"(choose from {', '.join(names)})"))
     module = importlib.import_module(f"simsearch.benchmarks.{name}")
     return _run(module.main, f"simsearch bench {name}", rest)
 

@@ -52,7 +52,8 @@ def resolve_config(name: str | Path, key: str | None = None) -> Path:
     shipped = configs_dir() / f"{stem}.yaml"
     if shipped.is_file() and (len(p.parts) == 1 or p.parent.name == "configs"):
         return shipped
-    raise ConfigError(f"{key + ': ' if key else ''}config file not found: {name} (nor a shipped config of that name; "
+    raise ConfigError(f"{key + ': ' if key else ''}config file not found: {name} "
+                      "(nor a shipped config of that name; "
                       f"shipped: {', '.join(shipped_configs())})")
 
 
