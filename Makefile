@@ -12,7 +12,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,offline,lora,app,text,detect,vae,export]'
+	$(BIN)/python -m pip install -q -e '.[dev,offline,lora,app,text,detect,vae,export,vectordb]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -310,7 +310,8 @@ def test_types_come_from_default_yaml_not_from_an_earlier_layer(tmp_path):
 def test_every_null_default_key_takes_its_type_or_null_and_nothing_else(key):
     kind = _NULL_TYPES[key]
     first = kind[0] if isinstance(kind, tuple) else kind
-    samples = {int: ("3", 3), float: ("2.5", 2.5), str: ("some/name", "some/name"), list: ("[1, 2]", [1, 2])}
+    samples = {int: ("3", 3), float: ("2.5", 2.5), str: ("some/name", "some/name"), list: ("[1, 2]", [1, 2]),
+               bool: ("false", False)}
     text, value = samples[first]
     assert OmegaConf.select(load(overrides=[f"{key}={text}"]), key) == value
     null = OmegaConf.select(load(overrides=[f"{key}=null"]), key)
@@ -318,8 +319,12 @@ def test_every_null_default_key_takes_its_type_or_null_and_nothing_else(key):
     if kind is str:  # a text key keeps what was typed: a folder may be called "true"
         assert OmegaConf.select(load(overrides=[f"{key}=true"]), key) == "true"
         return
+    if kind is bool:  # a switch with a null default (null = decided at run time) takes no number
+        with pytest.raises(ConfigError, match=rf"command line: '{key}' must be .*int 3"):
+            load(overrides=[f"{key}=3"])
+        return
     with pytest.raises(ConfigError, match=rf"command line: '{key}' must be .*bool True"):
-        load(overrides=[f"{key}=true"])  # no null-default key is a bool
+        load(overrides=[f"{key}=true"])
 
 
 def _options_fields() -> list[Any]:

@@ -25,7 +25,7 @@ COMMANDS = {
     "train": "train an embedding model from a config (shipped name or path) and key=value overrides",
     "infer": "embed query and gallery, search, post-process and write a submission",
     "score": "score a submission against ground truth and add it to the leaderboard",
-    "index": "build or extend a search index (FAISS folder) from images",
+    "index": "build or extend a search index (FAISS folder or Qdrant collection) from images",
     "search": "search an index with an image or a text",
     "app": "serve the Gradio search demo over an index",
     "export": "export a checkpoint's embedding model to ONNX",

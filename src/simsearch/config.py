@@ -66,6 +66,9 @@ _NULL_TYPES: dict[str, type | tuple[type, ...]] = {
     "run_name": str,                        # a folder name under train.output_dir
     "data.train_dir": str,                  # a folder path
     "data.train_csv": str,                  # a file path
+    "data.columns.id": str,                 # a CSV column name
+    "data.path_template": str,              # a str.format template over a row's columns
+    "data.image_root": str,                 # a folder path
     "data.image_size": int,                 # pixels
     "data.pk_rounds": int,                  # passes over all classes per epoch
     "data.pairs_per_batch": int,
@@ -73,10 +76,19 @@ _NULL_TYPES: dict[str, type | tuple[type, ...]] = {
     "model.lora.blocks": (str, list),       # "all", "last:N" or a list of block indices
     "train.time_limit_min": float,          # minutes (an int is fine)
     "train.max_steps_per_epoch": int,
+    "train.gather_embeddings": bool,        # null = on with several processes
     "infer.text.captioner": str,            # a folder path
     "infer.text.titles_csv": str,           # a file path
     "infer.second_stage.checkpoint": str,   # a run's best/ folder
     "infer.second_stage.config": str,       # a config YAML path
+    "infer.submission.header": list,        # two CSV column names
+    "infer.submission.separator": str,
+    "infer.submission.ids": str,            # name or stem
+    "infer.submission.top_k": int,
+    "infer.submission.threshold": float,    # a similarity in [-1, 1]
+    "infer.submission.level": str,          # instance or class
+    "infer.submission.unknown_label": str,
+    "infer.submission.gallery_labels": str,  # a file path
 }
 
 

@@ -237,6 +237,17 @@ def test_flat_image_dataset(tmp_path: Path) -> None:
     assert labels.tolist() == [-1, -1, -1]
 
 
+def test_flat_image_dataset_reads_sub_folders_by_relative_path(tmp_path: Path) -> None:
+    folder = tmp_path / "gallery"
+    for rel in ["z.jpg", "a/b/x.jpg", "a/y.png", "b/x.jpg"]:
+        write_image(folder / rel)
+    write_image(folder / ".hidden" / "h.jpg")  # hidden folders and files are skipped
+    write_image(folder / "a" / "._x.jpg")
+    ds = FlatImageDataset(folder)
+    assert ds.names == ["a/b/x.jpg", "a/y.png", "b/x.jpg", "z.jpg"]  # sorted POSIX paths below the folder
+    assert ds.paths[0] == str(folder / "a" / "b" / "x.jpg")
+
+
 def test_flat_image_dataset_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         FlatImageDataset(tmp_path / "nowhere")

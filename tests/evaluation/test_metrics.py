@@ -9,6 +9,8 @@ import pytest
 
 from simsearch.evaluation import metrics as metrics_module
 from simsearch.evaluation.metrics import (
+    map_at_k,
+    mean_f1,
     per_query_metrics,
     retrieval_metrics_from_embeddings,
     score_rankings,
@@ -140,3 +142,22 @@ def test_chunked_equals_single_block(monkeypatch) -> None:
         x, labels, x, labels, ks=(1, 5), exclude_self=True
     )
     assert chunked == pytest.approx(full, abs=1e-12)
+
+
+def test_map_at_5_as_kaggle_defines_it_by_hand() -> None:
+    predictions = {"a": ["x", "y", "z"],            # y at rank 2: 1/2
+                   "b": ["y", "x"],                 # q never predicted: 0
+                   "c": ["z", "w", "v", "u", "t", "x"],  # x at rank 6, beyond 5: 0
+                   "d": ["x", "z", "y"],            # two labels: (1/1 + 2/3) / 2 = 5/6
+                   "e": ["x", "x", "y"]}            # the repeat keeps its slot: y at rank 3, 1/3 (ml_metrics.apk)
+    actual = {"a": ["y"], "b": ["q"], "c": ["x"], "d": ["x", "y"], "e": ["y"]}
+    assert map_at_k(predictions, actual, 5) == pytest.approx((1 / 2 + 0 + 0 + 5 / 6 + 1 / 3) / 5)
+    assert map_at_k({"a": ["y"]}, {"a": ["y"], "b": ["z"]}) == 0.5  # a query without a prediction scores 0
+    with pytest.raises(ValueError, match="'b'"):
+        map_at_k({"a": ["y"]}, {"a": ["y"], "b": []})
+
+
+def test_mean_f1_by_hand() -> None:
+    # {a,b} vs {a,b}: 1; {a} vs {a,c}: 2*1/3; nothing vs {d}: 0; repeats count once
+    assert mean_f1({"1": ["a", "b", "b"], "2": ["a"]}, {"1": ["a", "b"], "2": ["a", "c"], "3": ["d"]}) == \
+        pytest.approx((1 + 2 / 3 + 0) / 3)

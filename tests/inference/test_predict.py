@@ -172,3 +172,37 @@ def test_two_processes_give_the_single_process_submission(competition, tmp_path)
     # Same images, same model: identical up to float summation order; compare the sets of top-3.
     agree = np.mean([set(a[q][:3]) == set(b[q][:3]) for q in a])
     assert agree == 1.0
+
+
+def test_competition_formats_from_infer_to_score(competition, tmp_path, capsys):
+    gt, gallery = str(competition / "gt.json"), str(competition / "gallery")
+    plain, gld = tmp_path / "plain.json", tmp_path / "gld.csv"
+    assert _infer(competition, plain, "infer.top_k=5") == 0
+    assert _infer(competition, gld, "--format", "landmark", "infer.top_k=5") == 0
+    lines = gld.read_text().splitlines()
+    assert lines[0] == "id,images"
+    assert [line.split(",")[0] for line in lines[1:]] == [f"q_{c:03d}" for c in range(6)]
+    ranked = json.loads(plain.read_text())
+    assert all(line.split(",")[1] == " ".join(g[:-4] for g in ranked[line.split(",")[0] + ".jpg"])
+               for line in lines[1:])  # the same ranking, ids without extension
+    capsys.readouterr()
+    scores = []
+    for sub in (plain, gld):
+        assert score_main([str(sub), "--ground-truth", gt, "--gallery-dir", gallery, "--no-leaderboard"]) == 0
+        scores.append(capsys.readouterr().out.split("\n", 1)[1])
+    assert scores[0] == scores[1]
+
+    labels = tmp_path / "labels.csv"
+    labels.write_text("name,label\n" + "".join(f"{g},c{g[2:5]}\n" for g in sorted(os.listdir(gallery))))
+    whale = tmp_path / "whale.csv"
+    assert _infer(competition, whale, "--format", "whale") == 2  # no gallery labels: refused before any work
+    assert "infer.submission.gallery_labels" in capsys.readouterr().err and not whale.exists()
+    assert _infer(competition, whale, "--format", "whale", f"infer.submission.gallery_labels={labels}",
+                  "infer.submission.threshold=1.0", "infer.rerank=false", "infer.top_k=all") == 0
+    rows = [line.split(",")[1].split() for line in whale.read_text().splitlines()[1:]]
+    # every cosine is below 1: new_whale first, then 4 distinct labels of the 6 classes
+    assert all(row[0] == "new_whale" and len(set(row)) == 5 and set(row[1:]) < {f"c{c:03d}" for c in range(6)}
+               for row in rows)
+    assert json.loads((tmp_path / "whale.meta.json").read_text())["submission"]["name"] == "whale"
+    assert score_main([str(whale), "--ground-truth", gt, "--gallery-labels", str(labels), "--no-leaderboard"]) == 0
+    assert "map5" in capsys.readouterr().out

@@ -100,6 +100,30 @@ def test_add_embeds_only_new_images_and_keeps_old_rows(built, tmp_path):
     assert load_index_dir(idx).index.ntotal == 14
 
 
+def test_add_appends_a_shard_and_searches_like_a_fresh_build(built, tmp_path):
+    """The same images, indexed in two steps (build, then add) or in one: the same hits, the same scores."""
+    images = Path(shutil.copytree(built["catalog"], tmp_path / "images"))
+    two_step, one_step = tmp_path / "two", tmp_path / "one"
+    build = ["build", "--checkpoint", str(built["ckpt"]), "--images", str(images), "infer.tta_flip=false",
+             "infer.index=Flat", "--out"]
+    assert index_main([*build, str(two_step)]) == 0
+    make_class_folder(images / "new", n_classes=2, per_class=2, seed=9)  # new images in the catalogue
+    old = {n: (two_step / n).stat().st_mtime_ns for n in ("embeddings.npy", "ids.json", "clip_image_emb.npy")}
+    assert index_main(["add", "--index", str(two_step), "--images", str(images / "new")]) == 0
+    assert {n: (two_step / n).stat().st_mtime_ns for n in old} == old  # the old shard is not rewritten
+    assert (two_step / "embeddings-00001.npy").is_file() and (two_step / "ids-00001.json").is_file()
+    manifest = json.loads((two_step / "manifest.json").read_text())
+    assert manifest["shards"][1]["rows"] == 4  # 4 rows on 12: over a quarter, so the FAISS index was rewritten
+    assert manifest["index_file"] == "index-00001.faiss" and not (two_step / "index.faiss").exists()
+    assert index_main([*build, str(one_step)]) == 0
+    a, b = load_index_dir(two_step), load_index_dir(one_step)
+    assert a.index.ntotal == b.index.ntotal == 16 and sorted(a.ids) == sorted(b.ids)
+    for image_id in ("new/class_01/img_00.jpg", "class_02/img_01.jpg"):
+        hits_a, hits_b = (search_index(x, images / image_id, top_k=16) for x in (a, b))
+        assert [h.path for h in hits_a] == [h.path for h in hits_b]
+        assert [h.score for h in hits_a] == pytest.approx([h.score for h in hits_b], abs=1e-5)
+
+
 def test_add_refuses_another_checkpoint_naming_both_hashes(built, tmp_path, capsys):
     idx = _copy_index(built, tmp_path)
     other = Path(shutil.copytree(built["ckpt"], tmp_path / "other"))

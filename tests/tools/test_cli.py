@@ -16,7 +16,7 @@ def test_bench_list_names_every_benchmark_of_the_suite(capsys) -> None:
     names = capsys.readouterr().out.split()
     assert names == benchmark_names()
     # the suite's benchmarks and the ones that need data; helpers (common, compare, ...) are not listed
-    assert set(BENCHMARKS) | {"all", "quality", "whitening"} == set(names)
+    assert set(BENCHMARKS) | {"all", "incremental", "quality", "whitening"} == set(names)
 
 
 def test_bench_runs_the_named_benchmark_with_its_arguments(capsys) -> None:

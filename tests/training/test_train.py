@@ -145,7 +145,9 @@ def test_two_process_cpu_training(tmp_path):
            f"train.output_dir={tmp_path / 'runs'}", "train.epochs=2", "train.cpu=true"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "2 process(es)" in (tmp_path / "runs/tiny_test/train.log").read_text()
+    log = (tmp_path / "runs/tiny_test/train.log").read_text()
+    assert "2 process(es)" in log
+    assert "all 2 processes' batches" in log  # train.gather_embeddings=null: on with two processes
     assert len(metrics_rows(tmp_path / "runs" / "tiny_test")) == 2
 
 

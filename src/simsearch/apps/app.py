@@ -32,14 +32,8 @@ from typing import Any
 from PIL import Image
 
 from simsearch.apps.url_fetch import fetch_url
-from simsearch.retrieval.store import (
-    Hit,
-    LoadedIndex,
-    load_index_dir,
-    require_text_search,
-    search_index,
-    search_text,
-)
+from simsearch.retrieval.store import Hit, LoadedIndex, require_text_search
+from simsearch.retrieval.vectordb import DbLocation, VectorIndex, index_size, open_index, search_index, search_text
 from simsearch.utils.errors import USER_ERRORS, InputFileError
 
 __all__ = ["AppSettings", "SearchService", "build_app", "check_image_file", "launch_app", "md_escape"]
@@ -116,9 +110,9 @@ def check_image_file(path: str | Path, max_bytes: int, max_pixels: int, name: st
 class SearchService:
     """Image, URL and text search over one index, returning what the page shows."""
 
-    def __init__(self, index: str | Path | LoadedIndex, settings: AppSettings | None = None,
-                 checkpoint: str | Path | None = None) -> None:
-        self.index = index if isinstance(index, LoadedIndex) else load_index_dir(index)
+    def __init__(self, index: str | Path | DbLocation | LoadedIndex | VectorIndex,
+                 settings: AppSettings | None = None, checkpoint: str | Path | None = None) -> None:
+        self.index = open_index(index)  # an index folder, or a vector-database collection
         self.settings = settings or AppSettings()
         self.images_dir = self.index.images_dir.resolve()
         self.index.embedding_model(checkpoint)  # load now: a wrong or missing checkpoint fails at start
@@ -151,7 +145,7 @@ class SearchService:
             name = p.relative_to(self.images_dir).as_posix()
             items.append((str(p), f"{rank}. {name} · {score:.3f}"))
             rows.append(f"| {rank} | {score:.3f} | {md_escape(name)} |")
-        status = f"Top {len(hits)} of {len(self.index.ids)} images for {what}."
+        status = f"Top {len(hits)} of {index_size(self.index)} images for {what}."
         if hidden:
             status += f" {hidden} result(s) outside the images folder or missing are not shown."
         if rows:
@@ -216,7 +210,7 @@ def build_app(service: SearchService) -> Any:
     """The page: query inputs on the left, the status line and the result gallery on the right."""
     import gradio as gr
 
-    k, n = service.settings.top_k, len(service.index.ids)
+    k, n = service.settings.top_k, index_size(service.index)
     with gr.Blocks(title="simsearch", delete_cache=(3600, 3600)) as demo:
         ways = "image or URL" if service.text_search_error else "image, URL or text"
         gr.Markdown(f"## simsearch\nSearch {n} images of `{service.images_dir.name}` by {ways}; "

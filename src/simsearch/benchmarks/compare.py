@@ -34,6 +34,8 @@ from simsearch.inference.folders import embed_folder, rankings_from_ids, search_
 from simsearch.inference.submission import read_ground_truth
 from simsearch.models.backbones import parse_backbone_name
 from simsearch.models.checkpoint import load_model
+from simsearch.retrieval.device import embedding_device, inference_device, place_model, requested_precision
+from simsearch.retrieval.embed import embed_batch
 from simsearch.retrieval.pipeline import RetrievalOptions
 from simsearch.utils.fs import write_bytes_atomic
 
@@ -211,11 +213,14 @@ def _parameters(checkpoint: Path, model: torch.nn.Module) -> tuple[int, int]:
 
 def evaluate_checkpoint(approach: Approach, cfg: DictConfig, comp: Competition,
                         gt: dict[str, list[str]]) -> dict[str, Any]:
-    """Plain embeddings, exact cosine search over the whole gallery, scored like simsearch score."""
+    """Plain embeddings, exact cosine search over the whole gallery, scored like simsearch score, on the
+    device and in the precision inference would use (``retrieval.device``)."""
     model, _ = load_model(approach.checkpoint)
+    place_model(model, inference_device(cfg.train.cpu))
     size = int(cfg.data.image_size or model.data_config.input_size)
-    with torch.no_grad():  # warm-up: thread pools and kernel selection for this shape stay out of img/s
-        model(torch.zeros(min(int(cfg.infer.batch_size), 8), 3, size, size))
+    # warm-up: thread pools and kernel selection for this shape stay out of img/s
+    warm = torch.zeros(min(int(cfg.infer.batch_size), 8), 3, size, size, device=embedding_device(model))
+    embed_batch(model, warm, precision=requested_precision(cfg))
     gallery = embed_folder(model, comp.gallery_dir, cfg, None, False, (1.0,), None, f"{approach.name} gallery")
     query = embed_folder(model, comp.query_dir, cfg, None, False, (1.0,), None, f"{approach.name} queries")
     ids = search_readable(query, gallery, PLAIN)  # refuses a gallery without a readable image

@@ -7,10 +7,11 @@ expansion over k2 neighbours, Jaccard distance and the lambda mix. It is quadrat
 on purpose: it is the oracle the sparse library version (``simsearch.retrieval.rerank``) is
 checked against, and the baseline its benchmark compares with.
 
-Original distance: for unit vectors ``d(a, b) = ||a - b||^2 / 4 = (1 - cos) / 2``, in [0, 1].
-The widely copied implementation instead divides the squared distance by the per-item maximum
-over the whole set; the paper does not prescribe that and it is a global dense operation, so
-both implementations here use the constant 4 (the largest squared distance of unit vectors).
+Original distance, ``norm`` (as ``infer.rerank_norm``): the squared L2 distance over the whole set
+- ``column_max``: as the authors' re_ranking.py (github.com/zhunzhong07/person-re-ranking, copied
+  by fast-reid): ``original_dist = np.transpose(original_dist / np.max(original_dist, axis=0))``,
+  each column divided by its maximum, then transposed; written here the same way, dense;
+- ``fixed``: divided by 4, the largest squared distance of unit vectors: ``(1 - cos) / 2``.
 """
 
 from __future__ import annotations
@@ -27,10 +28,15 @@ def dense_memory_lower_bound(n_total: int) -> int:
     return int(n_total) ** 2 * sum(DENSE_MATRIX_ITEMSIZES)
 
 
-def original_distance(q_emb: np.ndarray, g_emb: np.ndarray) -> np.ndarray:
-    """(N, N) matrix of (1 - cos) / 2 over the concatenation [queries; gallery]."""
+def original_distance(q_emb: np.ndarray, g_emb: np.ndarray, norm: str = "fixed") -> np.ndarray:
+    """(N, N) normalised squared L2 distances over the concatenation [queries; gallery]."""
     x = np.concatenate([q_emb, g_emb]).astype(np.float64)
-    return np.clip((1.0 - x @ x.T) / 2.0, 0.0, 1.0)
+    squared = np.clip(2.0 - 2.0 * (x @ x.T), 0.0, 4.0)
+    if norm == "fixed":
+        return squared / 4.0
+    if norm == "column_max":
+        return np.transpose(squared / np.max(squared, axis=0))
+    raise ValueError(f"norm must be column_max or fixed, got {norm!r}")
 
 
 def k_reciprocal_set(rank: np.ndarray, i: int, k: int) -> np.ndarray:
@@ -46,10 +52,11 @@ def dense_k_reciprocal_rerank(
     k1: int = 20,
     k2: int = 6,
     lambda_value: float = 0.3,
+    norm: str = "fixed",
 ) -> np.ndarray:
     """Re-ranked (Nq, Ng) distance matrix, smaller is better."""
     nq = len(q_emb)
-    dist = original_distance(q_emb, g_emb)
+    dist = original_distance(q_emb, g_emb, norm)
     n = dist.shape[0]
     rank = np.argsort(dist, axis=1, kind="stable")
     half = int(round(k1 / 2))

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from simsearch.benchmarks.common import header, write_json
 from simsearch.config import default_config_path, load
@@ -34,6 +34,7 @@ from simsearch.evaluation.metrics import score_rankings
 from simsearch.inference.folders import embed_folder, rankings_from_ids, search_readable
 from simsearch.inference.submission import read_ground_truth
 from simsearch.models.checkpoint import load_model
+from simsearch.retrieval.device import inference_device, place_model
 from simsearch.retrieval.pipeline import RetrievalOptions
 from simsearch.training.engine import fit
 from simsearch.utils.errors import USER_ERRORS, user_error
@@ -61,9 +62,11 @@ def describe_post(cfg: DictConfig) -> str:
 def score_checkpoint(checkpoint: str | Path, test_dir: str | Path, cfg: DictConfig | None = None,
                      ) -> dict[str, dict[str, float]]:
     """{"plain": metrics, "post": metrics} of a checkpoint on ``test_dir`` (query/, gallery/,
-    ground_truth.json); ``cfg`` (default: the checkpoint's own) gives the post-processing."""
+    ground_truth.json); ``cfg`` (default: the checkpoint's own) gives the post-processing, the device
+    (``train.cpu``) and the precision (``infer.precision``)."""
     model, own = load_model(checkpoint)
     cfg = cfg or own
+    place_model(model, inference_device(bool(OmegaConf.select(cfg, "train.cpu", default=False))))
     test = Path(test_dir)
     gt = read_ground_truth(test / "ground_truth.json")
     opts = replace(RetrievalOptions.from_config(cfg.infer), top_k=0)  # rank the whole gallery: full mAP

@@ -2,6 +2,7 @@
 
     simsearch bench rerank [--nq 14218 --ng 12612 --dim 512] [--repeats 3] [--json OUT]
     simsearch bench rerank --sizes 1000 5000 10000 --big-ng 100000   # the full comparison
+    simsearch bench rerank --data ROOT [ROOT ...] [--config effnet_lite0_offline] [--cache DIR]
 
 Every measurement runs in a fresh 'spawn' subprocess, whose VmHWM is its peak resident memory
 (not ru_maxrss, which Linux carries over from the parent into a spawned child): Python,
@@ -16,6 +17,11 @@ dense reference at Nq = Ng = N for each N with the library's default candidate l
 targets of the 5k comparison (>= 20x faster, <= 1/10 of the memory, >= 99% identical top-10)
 are checked. With --big-ng, ours also runs alone at --big-nq x --big-ng. The dense reference
 is skipped, with a note, where its N x N matrices would not fit in the memory available.
+
+With --data, nothing above runs: the untrained model of --config embeds each ROOT/test (query/,
+gallery/, ground_truth.json; no TTA, cached as .npz under --cache) and the table gives R@1, R@5,
+mAP and MRR over the whole gallery without re-ranking and with each ``infer.rerank_norm``, the
+config's other ``infer`` settings (k1, k2, lambda, candidates) kept: which normalisation helps.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import argparse
 import multiprocessing as mp
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,7 +51,13 @@ from simsearch.benchmarks.dense_reference import (
     dense_k_reciprocal_rerank,
     dense_memory_lower_bound,
 )
+from simsearch.retrieval.rerank import NORMS
 from simsearch.utils.synthetic import clustered_unit_vectors
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from simsearch.inference.folders import EmbeddedFolder
 
 __all__ = ["clustered_unit_vectors", "main", "measure"]
 
@@ -154,6 +168,101 @@ def compare_at(n: int, args: argparse.Namespace, params: dict) -> list[dict]:
     return rows + [dense]
 
 
+def embed_dev_set(test: Path, cfg: "DictConfig", cache: Path | None) -> tuple["EmbeddedFolder", ...]:
+    """Query and gallery of ``test`` embedded by the untrained model of ``cfg`` (no TTA), or read
+    from ``cache``/<data set>_<run name>_<hash of the model and data sections>.npz when an earlier
+    run wrote it (delete it when the images change)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from simsearch.inference.folders import EmbeddedFolder, embed_folder
+    from simsearch.models import build_model
+
+    sections = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, ["model", "data"]))
+    tag = hashlib.sha256(sections.encode()).hexdigest()[:8]
+    path = None if cache is None else Path(cache) / f"{test.parent.name}_{cfg.run_name}_{tag}.npz"
+    if path is not None and path.exists():
+        z = np.load(path)
+        print(f"embeddings of {test} read from {path}")
+        return tuple(EmbeddedFolder(test / side, z[f"{side}_names"].tolist(), z[f"{side}_emb"],
+                                    z[f"{side}_ok"], 0.0) for side in ("query", "gallery"))
+    model = build_model(cfg).eval()
+    sets = tuple(embed_folder(model, test / side, cfg, None, False, (1.0,), None, side)
+                 for side in ("query", "gallery"))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **{f"{side}_{k}": v for side, s in zip(("query", "gallery"), sets)
+                          for k, v in (("names", np.asarray(s.names)), ("emb", s.emb), ("ok", s.ok))})
+        print(f"embeddings of {test} written to {path}")
+    return sets
+
+
+#: Rows of the --data table: no re-ranking, then each ``infer.rerank_norm``.
+DEV_VARIANTS = ("none", *NORMS)
+
+
+def dev_set_scores(test: Path, cfg: "DictConfig", cache: Path | None) -> list[dict]:
+    """R@1, R@5, mAP, MRR over the whole gallery of ``test`` for each of DEV_VARIANTS."""
+    from simsearch.benchmarks.quality import METRICS
+    from simsearch.evaluation.metrics import score_rankings
+    from simsearch.inference.folders import rankings_from_ids, search_readable
+    from simsearch.inference.submission import read_ground_truth
+    from simsearch.retrieval.pipeline import RetrievalOptions
+
+    query, gallery = embed_dev_set(test, cfg, cache)
+    gt = read_ground_truth(test / "ground_truth.json")
+    base = RetrievalOptions.from_config(cfg.infer, top_k=0, qe="none", dba_k=0)  # re-ranking alone
+    rows = []
+    for variant in DEV_VARIANTS:
+        opts = base if variant == "none" else replace(base, rerank_norm=variant)
+        opts = replace(opts, rerank=variant != "none")
+        m = score_rankings(rankings_from_ids(query, gallery, search_readable(query, gallery, opts)), gt, ks=(1, 5))
+        rows.append({"data": test.parent.name, "queries": int(query.ok.sum()), "gallery": int(gallery.ok.sum()),
+                     "rerank_norm": variant, **{k: m[k] for k in METRICS}})
+    return rows
+
+
+def dev_winner(rows: list[dict]) -> str | None:
+    """The rerank_norm with the highest mAP on every data set and an R@1 not lower there than the
+    other norms'; None when the data sets disagree. Whether to re-rank at all (the ``none`` rows)
+    is ``infer.rerank``'s question, not this one's."""
+    ranked = [r for r in rows if r["rerank_norm"] in NORMS]
+    for norm in NORMS:
+        if all(r["map"] >= o["map"] and r["r1"] >= o["r1"] for r in ranked if r["rerank_norm"] == norm
+               for o in ranked if o["data"] == r["data"]):
+            return norm
+    return None
+
+
+def dev_table(rows: list[dict]) -> str:
+    lines = ["| data set | queries | gallery | re-ranking | R@1 | R@5 | mAP | MRR |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['data']} | {r['queries']} | {r['gallery']} | {r['rerank_norm']} | {r['r1']:.4f} "
+                     f"| {r['r5']:.4f} | {r['map']:.4f} | {r['mrr']:.4f} |")
+    return "\n".join(lines)
+
+
+def dev_main(args: argparse.Namespace) -> int:
+    """--data mode: which ``infer.rerank_norm`` helps on real embeddings (see the module docstring)."""
+    from simsearch.config import load
+
+    cfg = load([args.config], args.overrides)
+    i = cfg.infer
+    print(header(f"Re-ranking normalisation on dev sets: untrained {args.config}", notes=[
+        f"k1={i.k1}, k2={i.k2}, lambda={i.lambda_value}, {i.rerank_candidates} candidates, no TTA, QE or DBA; "
+        "metrics over the whole gallery"]))
+    rows = [r for root in args.data for r in dev_set_scores(Path(root) / "test", cfg, args.cache)]
+    print(dev_table(rows))
+    winner = dev_winner(rows)
+    print(f"\nre-ranking norm with the best mAP on every data set and R@1 not lower: "
+          f"{winner or 'none (the data sets disagree)'}")
+    if args.json is not None:
+        write_json(args.json, {"rows": rows, "winner": winner, "args": vars(args)})
+    return 0
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="k-reciprocal re-ranking benchmark")
     p.add_argument("--nq", type=int, default=INSHOP[0])
@@ -179,6 +288,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--whole-gallery", action="store_true",
                    help="with --sizes, also run ours with the whole gallery as candidates")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--data", nargs="+", default=None, metavar="ROOT",
+                   help="dev-set mode: score the re-ranking normalisations on each ROOT/test (see above)")
+    p.add_argument("--config", default="effnet_lite0_offline", help="--data: the (untrained) model's config")
+    p.add_argument("--cache", type=Path, default=None, help="--data: folder of the embeddings' .npz files")
+    p.add_argument("-o", "--overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="--data: config overrides, e.g. infer.k1=10")
     return p.parse_args(argv)
 
 
@@ -236,6 +351,8 @@ def inshop_lines(row: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data:
+        return dev_main(args)
     params = {"k1": args.k1, "k2": args.k2, "lambda_value": args.lambda_value,
               "num_candidates": args.candidates}
     data = {"dim": args.dim, "n_clusters": args.clusters, "noise": args.noise, "seed": args.seed}

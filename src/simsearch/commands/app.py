@@ -3,7 +3,8 @@
 
 Upload an image or paste an http(s) URL to see the top k images of the index with their scores;
 indexes built from an OpenCLIP checkpoint also take a text query. Needs the ``app`` extra
-(``pip install -e '.[app]'``). Binds to 127.0.0.1 unless ``--host`` says otherwise.
+(``pip install -e '.[app]'``). Binds to 127.0.0.1 unless ``--host`` says otherwise. ``--backend qdrant
+--uri PATH_OR_URL --collection NAME`` in place of ``--index`` serves a Qdrant collection.
 """
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import argparse
 import ipaddress
 import sys
 
+from simsearch.commands import add_index_location, index_location
 from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--index", required=True, help="index folder made by simsearch index build")
+    add_index_location(p, "--index", "index folder made by simsearch index build")
     p.add_argument("--top-k", type=int, default=5, help="number of results shown")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -27,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-pixels", type=int, default=50_000_000, help="pixel cap for query images")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder, if it moved since the index was built")
     add_debug_flag(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.location = index_location(p, args, "--index")
+    return args
 
 
 def _is_loopback(host: str) -> bool:
@@ -47,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                max_pixels=args.max_pixels)
         if not 0 < args.port < 65536:
             raise ValueError(f"--port must be in 1..65535, got {args.port}")
-        service = SearchService(args.index, settings, checkpoint=args.checkpoint)
+        service = SearchService(args.location, settings, checkpoint=args.checkpoint)
         if not _is_loopback(args.host):
             print(f"warning: listening on {args.host}: anyone who can reach this machine can use the app",
                   file=sys.stderr)

@@ -5,18 +5,21 @@ Prints one line per result, best first: rank, score (cosine) and path. ``--grid`
 query and its results as a PNG. Text search needs an index built from an OpenCLIP checkpoint.
 ``--multicrop`` searches with the whole image and several crops of it (a centre crop and a 2x2
 grid, or a YOLO detector's boxes) and fuses the results; the score is then the fused score.
+``--backend qdrant --uri PATH_OR_URL --collection NAME`` in place of ``--index`` searches a Qdrant
+collection made by ``simsearch index build --backend qdrant`` (not yet with ``--multicrop``).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from simsearch.commands import add_index_location, index_location
 from simsearch.utils.errors import USER_ERRORS, add_debug_flag, user_error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--index", required=True, help="index folder made by simsearch index build")
+    add_index_location(p, "--index", "index folder made by simsearch index build")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--query-image", default=None, help="image to search with")
     q.add_argument("--query-text", default=None, help="text to search with (CLIP backbones only)")
@@ -31,14 +34,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-crops", type=int, default=5, help="multi-crop: crops searched, whole image included")
     p.add_argument("--rrf-k", type=float, default=60.0, help="multi-crop: the k of reciprocal-rank fusion")
     add_debug_flag(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.location = index_location(p, args, "--index")
+    if args.multicrop is not None and args.backend != "faiss":
+        p.error(f"--multicrop searches index folders only, not --backend {args.backend}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from simsearch.apps.grid import check_grid_out, result_grid
-        from simsearch.retrieval.store import search_index, search_text
+        from simsearch.retrieval.vectordb import open_index, search_index, search_text
 
         if args.top_k < 1:
             raise ValueError(f"--top-k: must be >= 1, got {args.top_k}")
@@ -55,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 max_crops=args.max_crops, rrf_k=args.rrf_k)
             hits = search_index_multicrop(args.index, args.query_image, args.top_k, opts, args.checkpoint)
         elif args.query_image is not None:
-            hits = search_index(args.index, args.query_image, args.top_k, checkpoint=args.checkpoint)
+            hits = search_index(open_index(args.location), args.query_image, args.top_k,
+                                checkpoint=args.checkpoint)
         else:
-            hits = search_text(args.index, args.query_text, args.top_k)
+            hits = search_text(open_index(args.location), args.query_text, args.top_k)
         for rank, (path, score) in enumerate(hits, 1):
             print(f"{rank:>3}  {score:.4f}  {path}")
         if args.grid:

@@ -3,10 +3,12 @@ from simsearch.data.datasets import (
     BadSample,
     FlatImageDataset,
     ImageDataset,
+    NamedImageDataset,
     Sample,
     SkippedImages,
     collate_skip_bad,
     drop_small_classes,
+    list_image_files,
     read_manifest,
     relabel,
     scan_class_folders,
@@ -15,6 +17,7 @@ from simsearch.data.datasets import (
     to_float_tensor,
 )
 from simsearch.data.io import IMAGE_EXTENSIONS, ImageLoadError, is_image_file, load_image, to_rgb
+from simsearch.data.manifest import ManifestItem, ManifestSpec, read_items
 from simsearch.data.sampler import PKSampler
 from simsearch.data.transforms import ImageTransform, build_transforms
 
@@ -25,6 +28,9 @@ __all__ = [
     "ImageDataset",
     "ImageLoadError",
     "ImageTransform",
+    "ManifestItem",
+    "ManifestSpec",
+    "NamedImageDataset",
     "PKSampler",
     "Sample",
     "SkippedImages",
@@ -32,7 +38,9 @@ __all__ = [
     "collate_skip_bad",
     "drop_small_classes",
     "is_image_file",
+    "list_image_files",
     "load_image",
+    "read_items",
     "read_manifest",
     "relabel",
     "scan_class_folders",

@@ -12,14 +12,12 @@ the closing "skipped N unreadable images: ..." line.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -28,7 +26,12 @@ import torch
 from torch.utils.data import Dataset
 
 from simsearch.data.io import IMAGE_EXTENSIONS, ImageLoadError, is_image_file, load_image
-from simsearch.utils.errors import reading
+from simsearch.data.manifest import ManifestSpec, manifest_columns, read_items, resolve_manifest_path
+
+__all__ = ["BadSample", "FlatImageDataset", "ImageDataset", "NamedImageDataset", "Sample", "SkippedImages",
+           "collate_pairs_skip_bad", "collate_skip_bad", "drop_small_classes", "list_image_files",
+           "manifest_columns", "read_manifest", "relabel", "resolve_manifest_path", "scan_class_folders",
+           "split_train_val", "stratified_subsample", "to_float_tensor"]
 
 logger = logging.getLogger("simsearch.data")
 
@@ -97,66 +100,19 @@ def scan_class_folders(root: PathLike) -> tuple[list[Sample], list[str]]:
     return samples, class_names
 
 
-def resolve_manifest_path(csv_path: PathLike, rel: str) -> str:
-    """A manifest's image path as a file path: relative paths are relative to the CSV's folder."""
-    return rel if os.path.isabs(rel) else str(Path(csv_path).parent / rel)
+def read_manifest(csv_path: PathLike, spec: ManifestSpec | None = None) -> tuple[list[Sample], list[str]]:
+    """Training samples from a CSV manifest (labels are class names, any string).
 
-
-def _manifest_reading(csv_path: Path) -> AbstractContextManager[None]:
-    """Invalid UTF-8 or a NUL byte in a manifest: an error naming it (csv and codecs do not)."""
-    return reading(csv_path, "a UTF-8 CSV manifest", "save it as UTF-8 CSV with path,label columns",
-                   only=(UnicodeDecodeError, csv.Error))
-
-
-def manifest_columns(csv_path: PathLike) -> list[str]:
-    """The column names of a CSV manifest's header (for startup checks that read no rows)."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
-    with _manifest_reading(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        header = next(csv.reader(fh), [])
-    return [c.strip() for c in header]
-
-
-
-def read_manifest(csv_path: PathLike) -> tuple[list[Sample], list[str]]:
-    """Read a CSV with ``path`` and ``label`` columns (labels are class names, any string).
-
-    Relative paths are resolved against the CSV's folder. Every missing image is
-    reported at once (first few with line numbers) so a broken manifest is fixed in one
-    pass. Class names are the sorted distinct labels.
+    ``spec`` maps the columns (default: ``path`` and ``label``, paths relative to the CSV's folder;
+    see :mod:`simsearch.data.manifest`). Every missing image is reported at once, with its line. A
+    name may repeat only when there is no id column (an image listed twice is drawn twice). Class
+    names are the sorted distinct labels.
     """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
-    rows: list[tuple[str, str]] = []
-    missing: list[str] = []
-    with _manifest_reading(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        for needed in ("path", "label"):
-            if needed not in columns:
-                raise ValueError(f"{csv_path}: line 1: missing column '{needed}' "
-                                 f"(found: {', '.join(columns) or 'nothing'})")
-        reader.fieldnames = columns
-        for row in reader:
-            line = reader.line_num
-            rel, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-            if not rel or not label:
-                field = "path" if not rel else "label"
-                raise ValueError(f"{csv_path}: line {line}: empty '{field}'")
-            full = resolve_manifest_path(csv_path, rel)
-            if not os.path.isfile(full):
-                missing.append(f"line {line}: {full}")
-            rows.append((full, label))
-    if missing:
-        raise FileNotFoundError(f"{csv_path}: {len(missing)} image files do not exist: "
-                                + "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else ""))
-    if not rows:
-        raise ValueError(f"{csv_path}: no rows after the header")
-    class_names = sorted({label for _, label in rows})
+    spec = spec or ManifestSpec()
+    items = read_items(csv_path, spec, label=True, unique=spec.id is not None)
+    class_names = sorted({str(i.label) for i in items})
     index = {name: i for i, name in enumerate(class_names)}
-    return [Sample(p, index[label]) for p, label in rows], class_names
+    return [Sample(i.path, index[str(i.label)]) for i in items], class_names
 
 
 # --------------------------------------------------------------------------- filtering
@@ -355,24 +311,44 @@ class ImageDataset(Dataset):
         return self.transform_for(index)(np.array(image)), label, index
 
 
-class FlatImageDataset(ImageDataset):
-    """The images directly inside ``folder`` (query or gallery sets); label is -1.
+class NamedImageDataset(ImageDataset):
+    """Query or gallery images with the names a submission uses (``names[i]`` is index i); label -1.
 
-    ``names`` holds the sorted file names, position i matching dataset index i.
+    ``source`` is the folder or CSV they came from, for messages.
+    """
+
+    def __init__(self, names: Sequence[str], paths: Sequence[str], transform: Transform | None = None,
+                 source: PathLike = "."):
+        if len(names) != len(paths):
+            raise ValueError(f"{len(names)} names for {len(paths)} image paths")
+        self.names: list[str] = list(names)
+        self.source = Path(source)
+        super().__init__([(str(p), -1) for p in paths], transform)
+
+
+def list_image_files(folder: PathLike) -> list[str]:
+    """Sorted POSIX paths, relative to ``folder``, of every image below it (hidden files and
+    folders skipped): ``a.jpg``, ``a/b/x.jpg``. The names query and gallery folders give."""
+    root = _check_folder(folder, "image folder")
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and is_image_file(p)
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+class FlatImageDataset(NamedImageDataset):
+    """The images of a query or gallery ``folder``, sub-folders included; label is -1.
+
+    ``names`` are the sorted POSIX paths relative to the folder (``x.jpg``, ``a/b/y.jpg``), as
+    :func:`list_image_files` gives them; position i matches dataset index i.
     """
 
     def __init__(self, folder: PathLike, transform: Transform | None = None):
         self.folder = _check_folder(folder, "image folder")
-        entries = sorted(self.folder.iterdir())
-        self.names: list[str] = [p.name for p in entries if p.is_file() and is_image_file(p)]
-        n_dirs = sum(p.is_dir() for p in entries)
-        if n_dirs:
-            logger.warning("ignoring %d sub-folders of %s (expected a flat folder of images)",
-                           n_dirs, self.folder)
-        if not self.names:
+        names = list_image_files(self.folder)
+        if not names:
             raise ValueError(f"no images in {self.folder} "
                              f"(extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        super().__init__([(str(self.folder / n), -1) for n in self.names], transform)
+        super().__init__(names, [str(self.folder / n) for n in names], transform, self.folder)
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from simsearch.config import ConfigError
-from simsearch.data.datasets import manifest_columns, resolve_manifest_path
+from simsearch.data.manifest import ManifestSpec, manifest_columns, manifest_reading, resolve_manifest_path
 from simsearch.data.transforms import GALLERY, QUERY
 
 __all__ = ["check_domain_config", "domains_from_manifest", "domains_from_pattern", "sample_domains"]
@@ -42,12 +42,14 @@ def check_domain_config(data: DictConfig) -> None:
 
 
 def domains_from_manifest(csv_path: str | os.PathLike[str], column: str,
-                          values: Sequence[str]) -> dict[str, str]:
-    """Map each manifest image (its path as read_manifest resolves it) to QUERY or GALLERY."""
+                          values: Sequence[str], spec: ManifestSpec | None = None) -> dict[str, str]:
+    """Map each manifest image (its path as read_manifest resolves it with ``spec``) to QUERY or GALLERY."""
     query_value, gallery_value = values
     names = {query_value: QUERY, gallery_value: GALLERY}
+    spec = spec or ManifestSpec()
+    root = spec.root(csv_path)
     out: dict[str, str] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    with manifest_reading(csv_path), open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         reader.fieldnames = [c.strip() for c in (reader.fieldnames or [])]
         if column not in reader.fieldnames:
@@ -58,7 +60,8 @@ def domains_from_manifest(csv_path: str | os.PathLike[str], column: str,
             if value not in names:
                 raise ValueError(f"{csv_path}: line {reader.line_num}: {column} is '{value}', expected "
                                  f"'{query_value}' or '{gallery_value}' (data.domain_values)")
-            path = resolve_manifest_path(csv_path, (row.get("path") or "").strip())
+            path = resolve_manifest_path(csv_path, spec.raw_path({k: (v or "").strip() for k, v in row.items()
+                                                                  if isinstance(k, str)}), root)
             if out.setdefault(path, names[value]) != names[value]:
                 raise ValueError(f"{csv_path}: line {reader.line_num}: {path} is listed in both domains")
     return out
@@ -92,5 +95,6 @@ def sample_domains(samples: Sequence[tuple[str, int]], data: DictConfig) -> list
     if data.query_domain_pattern:
         root = data.train_dir if data.train_dir is not None else Path(data.train_csv).parent
         return domains_from_pattern(paths, root, data.query_domain_pattern)
-    by_path = domains_from_manifest(data.train_csv, data.domain_column, list(data.domain_values))
+    by_path = domains_from_manifest(data.train_csv, data.domain_column, list(data.domain_values),
+                                    ManifestSpec.from_config(data))
     return [by_path[p] for p in paths]

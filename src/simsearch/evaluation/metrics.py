@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = [
+    "map_at_k",
+    "mean_f1",
     "per_query_metrics",
     "retrieval_metrics_from_embeddings",
     "score_hits",
@@ -106,6 +108,50 @@ def score_rankings(
         ranked = list(dict.fromkeys(rankings.get(query, ())))  # de-duplicate, keep order
         hits[i, : len(ranked)] = [name in relevant for name in ranked]
     return score_hits(hits, n_rel, ks)
+
+
+def map_at_k(
+    predictions: Mapping[str, Sequence[str]],
+    ground_truth: Mapping[str, Sequence[str]],
+    k: int = 5,
+) -> float:
+    """Mean average precision at ``k`` as Kaggle defines it (MAP@5 of Humpback Whale Identification,
+    https://www.kaggle.com/c/humpback-whale-identification/overview/evaluation):
+
+        MAP@k = 1/U * sum over queries u of  sum_{i=1..min(n, k)} P(i) rel(i) / min(k, |actual_u|)
+
+    with P(i) the precision at cut-off i and rel(i) 1 when prediction i is a correct label seen for the
+    first time (Kaggle's ``ml_metrics.apk``). With one true label per query a query scores 1 / rank of
+    that label in its first k predictions, 0 when absent. The sums are :func:`per_query_metrics`'
+    ``map{k}``; unlike :func:`score_rankings`, a repeated prediction keeps its position (as in ``apk``)
+    instead of being dropped. Every ground-truth query must have a label.
+    """
+    k = _check_ks((k,))[0]
+    queries = sorted(ground_truth)
+    empty = [q for q in queries if not ground_truth[q]]
+    if not queries or empty:
+        raise ValueError(f"MAP@{k}: every query needs at least one true label; none for {empty[:5]}")
+    hits = np.zeros((len(queries), k), dtype=bool)
+    for i, query in enumerate(queries):
+        actual, seen = set(ground_truth[query]), set()
+        for j, label in enumerate(list(predictions.get(query, ()))[:k]):
+            hits[i, j] = label in actual and label not in seen  # a repeat keeps its slot, scores nothing
+            seen.add(label)
+    n_rel = np.array([len(set(ground_truth[q])) for q in queries])
+    return float(per_query_metrics(hits, n_rel, ks=(k,))[f"map{k}"].mean())
+
+
+def mean_f1(predictions: Mapping[str, Sequence[str]], ground_truth: Mapping[str, Sequence[str]]) -> float:
+    """Mean over ground-truth queries of the F1 score of the predicted set against the true set,
+    2 |P & A| / (|P| + |A|) (the metric of Shopee Price Match Guarantee, Kaggle 2021); a query with
+    no prediction scores 0 (1 when its true set is empty too), repeated predictions count once."""
+    if not ground_truth:
+        raise ValueError("ground truth has no query")
+    total = 0.0
+    for query, actual in ground_truth.items():
+        a, p = set(actual), set(predictions.get(query, ()))
+        total += 2.0 * len(a & p) / (len(a) + len(p)) if a or p else 1.0
+    return total / len(ground_truth)
 
 
 def _check_embeddings(

@@ -17,6 +17,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from simsearch.data.transforms import eval_transform
+from simsearch.inference.sources import self_matches
+from simsearch.retrieval.device import requested_precision
 from simsearch.retrieval.embed import embed_dataset
 from simsearch.retrieval.fusion import candidate_cosines, fuse_per_query, rescore_head
 from simsearch.retrieval.multicrop import CropDataset, MultiCropOptions, build_detector, crop_items
@@ -100,12 +102,12 @@ def embed_query_crops(model, query, cfg: DictConfig, opts: MultiCropOptions, det
     ``detector``: default the one the options name (loaded here)."""
     t = time.perf_counter()
     detector = detector if detector is not None else build_detector(opts)
-    items, owner = crop_items([query.folder / n for n in query.names], opts, detector)
+    items, owner = crop_items(query.paths, opts, detector)
     dc = model.data_config
     transform = eval_transform(cfg, dc)
     emb, ok = embed_dataset(model, CropDataset(items, transform), accelerator, batch_size=cfg.infer.batch_size,
                             num_workers=cfg.data.num_workers, tta_flip=tta_flip, scales=scales,
-                            desc="query crops" + ("+TTA" if tta_flip else ""))
+                            desc="query crops" + ("+TTA" if tta_flip else ""), precision=requested_precision(cfg))
     log.info("multi-crop: %d crops for %d queries (%s)", len(items), len(query.names), opts.detector)
     return CropEmbeddings(emb, ok, owner, opts, time.perf_counter() - t)
 
@@ -116,18 +118,19 @@ def _text_embeddings(opts: TextOptions, query, gallery, captioner: Captioner | N
     if captioner is None and opts.captioner:
         captioner = load_blip_captioner(opts.captioner)
     encoder = encoder or load_sentence_encoder(opts.encoder)
-    q_texts = image_texts([query.folder / n for n in query.names], titles, captioner, "query")
-    g_texts = image_texts([gallery.folder / n for n in gallery.names], titles, captioner, "gallery")
+    q_texts = image_texts(query.paths, titles, captioner, "query")
+    g_texts = image_texts(gallery.paths, titles, captioner, "gallery")
     return encoder(q_texts), encoder(g_texts)
 
 
-def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = "cpu", second_tta: bool | None = None,
+def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = None, second_tta: bool | None = None,
                          captioner: Captioner | None = None, text_encoder: TextEncoder | None = None
                          ) -> Enhancements:
     """Load what the switched-on re-scoring stages need (``captioner``/``text_encoder``: injected
     for tests); nothing when both are off.
 
-    ``second_tta``: flip TTA for the second model (default: ``infer.tta_flip``).
+    ``second_tta``: flip TTA for the second model (default: ``infer.tta_flip``). ``device``: where the
+    second model goes (None: ``retrieval.device.inference_device``); it embeds in ``infer.precision``.
     """
     inf = cfg.infer
     enh = Enhancements()
@@ -135,7 +138,7 @@ def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = "cpu", s
     if ss.enabled:
         tta = inf.tta_flip if second_tta is None else second_tta
         enh.second = SecondStage.from_options(ss, tta, tuple(inf.tta_scales) if tta else (1.0,), inf.batch_size,
-                                              cfg.data.num_workers, device)
+                                              cfg.data.num_workers, device, precision=requested_precision(cfg))
     tx = TextOptions.from_config(inf.text)
     if tx.enabled:
         t = time.perf_counter()
@@ -146,14 +149,15 @@ def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = "cpu", s
 
 
 def _first_stage(query, gallery, opts: RetrievalOptions, crops: CropEmbeddings | None,
-                 timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+                 timings: dict[str, float], self_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     g = gallery.emb[gallery.ok]
     if crops is None:
-        return retrieve(query.emb[query.ok], g, opts, timings)
+        return retrieve(query.emb[query.ok], g, opts, timings, self_ids)
     keep = crops.ok & query.ok[crops.owner]
-    ids, scores = retrieve(crops.emb[keep], g, opts, timings)
-    t = time.perf_counter()
     row_of = np.cumsum(query.ok) - 1  # query index -> row among the readable queries
+    crop_self = None if self_ids is None else self_ids[row_of[crops.owner[keep]]]
+    ids, scores = retrieve(crops.emb[keep], g, opts, timings, crop_self)
+    t = time.perf_counter()
     fused = fuse_per_query(ids, scores, row_of[crops.owner[keep]], int(query.ok.sum()), crops.opts.fusion,
                            ids.shape[1], crops.opts.rrf_k)
     timings["fusion_s"] = time.perf_counter() - t
@@ -165,18 +169,20 @@ def search_enhanced(query, gallery, opts: RetrievalOptions, enh: Enhancements | 
                     ) -> tuple[np.ndarray, np.ndarray]:
     """retrieve() over the readable images, with the stages of ``enh`` that are on; (ids, scores).
 
-    ``crops`` (from embed_query_crops) replaces the query embeddings when given.
+    ``crops`` (from embed_query_crops) replaces the query embeddings when given. With
+    ``opts.exclude_self`` a query is never ranked for itself (see ``self_matches``).
     """
     timings = {} if timings is None else timings
     if not gallery.ok.any():
-        raise ValueError(f"no readable image in the gallery folder {gallery.folder}")
-    ids, scores = _first_stage(query, gallery, opts, crops, timings)
+        raise ValueError(f"no readable image in the gallery {gallery.folder}")
+    self_ids = self_matches(query, gallery) if opts.exclude_self else None
+    ids, scores = _first_stage(query, gallery, opts, crops, timings, self_ids)
     if enh is None:
         return ids, scores
     if enh.second is not None:
         t = time.perf_counter()
-        q_paths = [str(query.folder / n) for n, ok in zip(query.names, query.ok) if ok]
-        g_paths = [str(gallery.folder / n) for n, ok in zip(gallery.names, gallery.ok) if ok]
+        q_paths = [str(p) for p, ok in zip(query.paths, query.ok) if ok]
+        g_paths = [str(p) for p, ok in zip(gallery.paths, gallery.ok) if ok]
         second = enh.second.scores(q_paths, g_paths, ids)
         ids, scores = rescore_head(ids, scores, second, enh.second.opts.weight)
         timings["second_stage_s"] = time.perf_counter() - t

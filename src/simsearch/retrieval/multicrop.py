@@ -207,7 +207,8 @@ def search_index_multicrop(index: Any, query_image_path: str | Path, top_k: int,
         raise ValueError(f"cannot read the query image {query}")
     transform = build_transforms(s["image_size"], s["mean"], s["std"], train=False, resize_ratio=s["resize_ratio"])
     emb, _ = embed_dataset(model, CropDataset(items, transform), None, batch_size=s["batch_size"],
-                           tta_flip=s["tta_flip"], scales=tuple(s["tta_scales"]), desc="query crops")
+                           tta_flip=s["tta_flip"], scales=tuple(s["tta_scales"]), desc="query crops",
+                           precision=s.get("precision", "auto"))
     k = min(top_k, len(loaded.ids))
     scores, ids = search(loaded.index, emb, k)
     fused_ids, fused_scores = fuse_per_query(ids, scores, np.zeros(len(items), dtype=np.int64), 1,

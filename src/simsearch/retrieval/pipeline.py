@@ -17,9 +17,9 @@ from simsearch.retrieval.query_expansion import (
     average_query_expansion,
     database_augmentation,
 )
-from simsearch.retrieval.rerank import k_reciprocal_rerank
+from simsearch.retrieval.rerank import NORMS, k_reciprocal_rerank
 
-__all__ = ["RetrievalOptions", "retrieve"]
+__all__ = ["RetrievalOptions", "drop_self", "retrieve"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class RetrievalOptions:
     k2: int = 6
     lambda_value: float = 0.3
     rerank_candidates: int = 100
+    rerank_norm: str = "fixed"
+    exclude_self: bool = True
 
     @classmethod
     def from_config(cls, infer_cfg, **changes) -> "RetrievalOptions":
@@ -62,20 +64,58 @@ class RetrievalOptions:
         check_number("infer.k2", self.k2, 1)
         check_number("infer.lambda_value", self.lambda_value, 0, 1)
         check_number("infer.rerank_candidates", self.rerank_candidates, 1)
+        if self.rerank_norm not in NORMS:
+            raise ConfigError(f"infer.rerank_norm: '{self.rerank_norm}' must be {' or '.join(NORMS)}")
 
 
-def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions,
-             timings: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dict[str, float] | None = None,
+             self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Rank the gallery for every query: (ids (Nq, K) best first, scores (Nq, K), higher better).
 
     K = top_k, or the whole gallery when top_k is 0 or "all". Re-ranking reorders each query's first
     ``rerank_candidates`` (at least K when K is smaller); the rest follow in index order.
     Scores are cosine similarities, or 1 - re-ranked distance for re-ranked positions (the
     positions after them get cosine - 2, so scores always decrease along a row).
+
+    ``self_ids`` (Nq,): the gallery row that is query i itself (-1: none). Each query's own row is
+    left out of its ranking: K + 1 are searched and the self-match dropped (see :func:`drop_self`).
     """
-    timings = {} if timings is None else timings
+    if self_ids is None or not (np.asarray(self_ids) >= 0).any():
+        return _retrieve(q, g, opts, timings)
     ng = len(g)
     k = ng if opts.top_k in (0, None, "all") else min(int(opts.top_k), ng)
+    ids, scores = _retrieve(q, g, opts, timings, extra=1)
+    ids, scores = drop_self(ids, scores, np.asarray(self_ids), k)
+    if k == ng and len(ids) and (ids[:, -1] < 0).all():  # the whole gallery, every query in it: one less
+        ids, scores = ids[:, :-1], scores[:, :-1]
+    return ids, scores
+
+
+def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Remove ``self_ids[i]`` from row i (-1: nothing to remove), keep the order and the first ``k``.
+
+    Search ``k + 1`` first so that no row comes out short; a row that still does (the whole gallery
+    was searched) ends in id -1 with score -inf, like FAISS's padding.
+    """
+    drop = (ids == self_ids[:, None]) & (self_ids[:, None] >= 0)
+    order = np.argsort(drop, axis=1, kind="stable")  # kept entries first, in their order
+    ids = np.take_along_axis(ids, order, axis=1).copy()
+    scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    moved = np.take_along_axis(drop, order, axis=1)
+    ids[moved], scores[moved] = -1, -np.inf
+    if ids.shape[1] < k:
+        pad = k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return ids[:, :k], scores[:, :k]
+
+
+def _retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dict[str, float] | None = None,
+              extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """retrieve() without the self-match rule; ``extra`` more items per row than top_k (capped at the gallery)."""
+    timings = {} if timings is None else timings
+    ng = len(g)
+    k = ng if opts.top_k in (0, None, "all") else min(int(opts.top_k) + extra, ng)
     t = time.perf_counter()
     if opts.dba_k:
         g = database_augmentation(g, opts.dba_k, opts.qe_alpha)
@@ -95,7 +135,7 @@ def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions,
     t = time.perf_counter()
     c = min(max(opts.rerank_candidates, 1), ng)
     rr_ids, rr_dist = k_reciprocal_rerank(q, g, opts.k1, opts.k2, opts.lambda_value, num_candidates=c,
-                                          index_factory="Flat")
+                                          index_factory="Flat", norm=opts.rerank_norm)
     timings["rerank_s"] = time.perf_counter() - t
     return _splice(rr_ids, 1.0 - rr_dist, ids, scores, k)
 

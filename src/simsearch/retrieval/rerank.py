@@ -14,10 +14,16 @@ CVPR 2017. Steps, for the union of queries and gallery (N items):
    others have Jaccard 1) plus the ``num_candidates`` cosine-nearest, which makes the returned
    top ``num_candidates`` the same as a dense computation over the whole gallery.
 
-Original distance: ``d(a, b) = ||a - b||^2 / 4 = (1 - cos) / 2`` in [0, 1] for unit vectors.
-The widely copied implementation divides by each item's maximum distance over the whole set;
-the paper does not prescribe it and it needs the dense matrix, so the constant 4 is used here
-and in the dense reference that the tests compare against (simsearch/benchmarks/dense_reference.py).
+Original distance, ``norm``: the squared L2 distance of unit vectors, ``2 - 2 cos``, divided by
+- ``column_max``: each item's largest squared distance to any item of the set, as the authors'
+  re_ranking.py (and fast-reid, which copies it) does: ``original_dist / np.max(original_dist,
+  axis=0)``, then transposed, so that d(p, c) = ||p - c||^2 / max_j ||p - j||^2 in both the
+  Gaussian weights of p's vector and (for a query p) the final mix. The maximum of item p is
+  2 - 2 min_j cos(p, j): one more search of the index, with -p as the query, and N floats kept;
+- ``fixed``: 4, the largest squared distance of unit vectors, so d = (1 - cos) / 2 for all items.
+Both are in [0, 1]; they rank each query's original distances alike, but weigh them against the
+Jaccard distance differently. The tests compare both with the dense references of
+simsearch/benchmarks/dense_reference.py.
 """
 
 from __future__ import annotations
@@ -27,7 +33,10 @@ import scipy.sparse as sp
 
 from simsearch.retrieval.index import as_float32_matrix, build_index, search
 
-__all__ = ["k_reciprocal_rerank"]
+__all__ = ["NORMS", "k_reciprocal_rerank"]
+
+#: Values of ``norm`` (config key ``infer.rerank_norm``), see the module docstring.
+NORMS = ("column_max", "fixed")
 
 _ROW_CHUNK = 2048  # items per chunk in the neighbour-set steps
 _QUERY_CHUNK = 256  # queries per chunk of the exact candidate step
@@ -41,8 +50,11 @@ def _check_args(
     k2: int,
     lambda_value: float,
     num_candidates: int,
+    norm: str,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate the arguments, naming the one at fault; return float32 copies of q and g."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     for name, value in (("k1", k1), ("k2", k2), ("num_candidates", num_candidates)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -64,14 +76,28 @@ def _check_args(
     return q, g
 
 
-def _distance(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(1 - cos) / 2 between rows x[a] and x[b], pairwise, in chunks of pairs."""
+def _half_scales(x: np.ndarray, index, norm: str) -> np.ndarray:
+    """Per item p, half the divisor of its squared distances: d(p, c) = (1 - cos(p, c)) / scale[p].
+
+    ``fixed``: 2 (squared distance / 4). ``column_max``: 1 - min_j cos(p, j), half of p's largest
+    squared distance, found by searching ``index`` (over ``x``) for the item nearest to -p; exact
+    for a Flat index. Items whose set holds only copies of them get 1, to keep every d finite.
+    """
+    if norm == "fixed":
+        return np.full(len(x), 2.0)
+    neg_cos, _ = search(index, -x, 1)  # max_j <-p, x_j> = -min_j cos(p, j)
+    half = 1.0 + neg_cos[:, 0].astype(np.float64)
+    return np.where(half > 1e-6, half, 1.0)
+
+
+def _distance(x: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(1 - cos) / scale[a] between rows x[a] and x[b], pairwise, in chunks of pairs."""
     out = np.empty(len(a), dtype=np.float64)
     for s in range(0, len(a), _GATHER_CHUNK):
         e = s + _GATHER_CHUNK
         dots = np.einsum("ij,ij->i", x[a[s:e]], x[b[s:e]], dtype=np.float64)
         out[s:e] = dots
-    return np.clip((1.0 - out) / 2.0, 0.0, 1.0)
+    return np.clip((1.0 - out) / scale[a], 0.0, 1.0)
 
 
 def _reciprocal_sets(neigh: np.ndarray, k: int) -> np.ndarray:
@@ -109,13 +135,13 @@ def _expanded_sets(r_full: np.ndarray, r_half: np.ndarray) -> tuple[np.ndarray, 
     return np.concatenate(all_rows), np.concatenate(all_cols)
 
 
-def _encoding_vectors(x: np.ndarray, neigh: np.ndarray, k1: int, k2: int) -> sp.csr_matrix:
+def _encoding_vectors(x: np.ndarray, neigh: np.ndarray, k1: int, k2: int, scale: np.ndarray) -> sp.csr_matrix:
     """Sparse V (N, N): Gaussian-kernel weights on R*(p, k1), then local QE over k2 items."""
     n = len(x)
     r_full = _reciprocal_sets(neigh, k1)
     r_half = _reciprocal_sets(neigh, int(round(k1 / 2)))
     rows, cols = _expanded_sets(r_full, r_half)
-    weights = np.exp(-_distance(x, rows, cols))
+    weights = np.exp(-_distance(x, rows, cols, scale))
     weights /= np.bincount(rows, weights=weights, minlength=n)[rows]
     v = sp.csr_matrix((weights, (rows, cols)), shape=(n, n))
     if k2 > 1:
@@ -154,12 +180,13 @@ def _intersections(v: sp.csr_matrix, g_cols: sp.csc_matrix, rows: np.ndarray, ca
 
 def _rerank_chunk(
     v: sp.csr_matrix, g_cols: sp.csc_matrix, x: np.ndarray, nq: int, rows: np.ndarray, cand: np.ndarray,
-    lambda_value: float,
+    lambda_value: float, scale: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-C of one chunk of queries over the candidates and all overlapping items.
 
     A gallery item outside a query's encoding-vector support overlap has Jaccard distance 1, so
-    among those the final distance follows the original one: the cosine top-C covers them. The
+    among those the final distance follows the original one (one divisor per query, so in cosine
+    order whatever ``scale`` is): the cosine top-C covers them. The
     union of the top-C and the overlapping items therefore holds the dense top-C.
     """
     b, c = cand.shape
@@ -172,7 +199,7 @@ def _rerank_chunk(
     # cheaper than gathering a pair of rows for each of the (often hundreds per query) pairs
     cols, col_of = np.unique(g_ids, return_inverse=True)
     block = x[rows] @ x[nq + cols].T
-    original = np.clip((1.0 - block[q_local, col_of].astype(np.float64)) / 2.0, 0.0, 1.0)
+    original = np.clip((1.0 - block[q_local, col_of].astype(np.float64)) / scale[rows][q_local], 0.0, 1.0)
     final = (1.0 - lambda_value) * jaccard + lambda_value * original
     # rows padded to a (b, L) matrix; rank by final distance, ties by original distance, then id
     within = np.arange(len(g_ids)) - np.repeat(inter.indptr[:-1], lengths)
@@ -191,32 +218,39 @@ def k_reciprocal_rerank(
     lambda_value: float = 0.3,
     num_candidates: int = 100,
     index_factory: str = "Flat",
+    norm: str = "fixed",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``num_candidates`` best gallery items per query after re-ranking (Zhong et al. 2017).
 
     Exact: equal to the top of a dense re-ranking over the whole gallery, at sparse cost.
 
     ``q_emb`` (Nq, D) and ``g_emb`` (Ng, D) must be L2-normalised. ``index_factory`` is the
-    FAISS index used for the neighbour searches ("Flat" = exact). Returns (indices int64
+    FAISS index used for the neighbour searches ("Flat" = exact; with an approximate one the
+    ``column_max`` maxima are approximate too). ``norm`` divides the squared distances by each
+    item's maximum (``column_max``, the authors' code) or by 4 (``fixed``). Returns (indices int64
     (Nq, C), distances float32 (Nq, C)) with C = min(num_candidates, Ng): gallery rows best
     first and their re-ranked distances (ties keep the original order).
     """
-    q, g = _check_args(q_emb, g_emb, k1, k2, lambda_value, num_candidates)
+    q, g = _check_args(q_emb, g_emb, k1, k2, lambda_value, num_candidates, norm)
     nq = len(q)
     x = np.concatenate([q, g])
     neigh_k = min(max(k1 + 1, k2), len(x))
-    _, neigh = search(build_index(x, index_factory), x, neigh_k)
+    index = build_index(x, index_factory)
+    _, neigh = search(index, x, neigh_k)
     _, cand = search(build_index(g, index_factory), q, num_candidates)
     if (neigh < 0).any() or (cand < 0).any():
         raise ValueError(
             f"index {index_factory!r} returned fewer neighbours than asked; "
             "use an exact index ('Flat') or larger efSearch/nprobe"
         )
-    v = _encoding_vectors(x, neigh, k1, k2)
+    scale = _half_scales(x, index, norm)
+    del index
+    v = _encoding_vectors(x, neigh, k1, k2, scale)
     g_cols = v[nq:].tocsc()  # column j -> gallery items with V_g[j] > 0
     out_idx = np.empty(cand.shape, dtype=np.int64)
     out_dist = np.empty(cand.shape, dtype=np.float32)
     for s in range(0, nq, _QUERY_CHUNK):
         rows = np.arange(s, min(s + _QUERY_CHUNK, nq))
-        out_idx[rows], out_dist[rows] = _rerank_chunk(v, g_cols, x, nq, rows, cand[rows], lambda_value)
+        out_idx[rows], out_dist[rows] = _rerank_chunk(v, g_cols, x, nq, rows, cand[rows], lambda_value,
+                                                     scale)
     return out_idx, out_dist

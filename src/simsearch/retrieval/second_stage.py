@@ -22,6 +22,7 @@ import torch
 from simsearch.config import section_values
 from simsearch.data import ImageDataset
 from simsearch.data.transforms import eval_transform
+from simsearch.retrieval.device import place_model
 from simsearch.retrieval.embed import embed_dataset
 from simsearch.retrieval.fusion import check_rescoring
 
@@ -84,8 +85,8 @@ class SecondStage:
 
     def __init__(self, model: torch.nn.Module, cfg: Any, opts: SecondStageOptions, tta_flip: bool = False,
                  scales: Sequence[float] = (1.0,), batch_size: int = 64, num_workers: int = 0,
-                 description: str = "") -> None:
-        self.model, self.opts = model, opts
+                 description: str = "", precision: str = "auto") -> None:
+        self.model, self.opts, self.precision = model, opts, precision
         dc = model.data_config
         self.transform = eval_transform(cfg, dc)
         self.tta_flip, self.scales = tta_flip, tuple(scales)
@@ -96,12 +97,14 @@ class SecondStage:
 
     @classmethod
     def from_options(cls, opts: SecondStageOptions, tta_flip: bool, scales: Sequence[float], batch_size: int,
-                     num_workers: int, device: Any = "cpu") -> "SecondStage":
+                     num_workers: int, device: Any = None, precision: str = "auto") -> "SecondStage":
+        """Load the second model and put it on ``device`` (an Accelerator, a device, or None:
+        ``retrieval.device.inference_device``); it embeds in ``precision`` (``infer.precision``)."""
         t = time.perf_counter()
         model, cfg, desc = _load_second_model(opts)
-        model.to(device)
+        place_model(model, device)
         log.info("second stage: %s", desc)
-        stage = cls(model, cfg, opts, tta_flip, scales, batch_size, num_workers, desc)
+        stage = cls(model, cfg, opts, tta_flip, scales, batch_size, num_workers, desc, precision)
         stage.seconds += time.perf_counter() - t
         return stage
 
@@ -113,7 +116,8 @@ class SecondStage:
             t = time.perf_counter()
             ds = ImageDataset([(p, -1) for p in new], self.transform)
             emb, ok = embed_dataset(self.model, ds, None, batch_size=self.batch_size, num_workers=self.num_workers,
-                                    tta_flip=self.tta_flip, scales=self.scales, desc="second stage")
+                                    tta_flip=self.tta_flip, scales=self.scales, desc="second stage",
+                                    precision=self.precision)
             emb[~ok] = 0.0
             self._cache.update(zip(new, emb))
             self.seconds += time.perf_counter() - t

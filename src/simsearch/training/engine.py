@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import gather_object
-from omegaconf import DictConfig
+from accelerate.utils import gather_object, is_mlflow_available, is_tensorboard_available, is_wandb_available
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -30,6 +30,7 @@ from simsearch.config import ConfigError, check_choice, check_number
 from simsearch.config import save as save_config
 from simsearch.data import (
     ImageDataset,
+    ManifestSpec,
     drop_small_classes,
     read_manifest,
     scan_class_folders,
@@ -44,7 +45,9 @@ from simsearch.evaluation.metrics import retrieval_metrics_from_embeddings
 from simsearch.models import EmbeddingModel, build_model
 from simsearch.models import checkpoint as ckpt
 from simsearch.models.model import count_parameters
+from simsearch.retrieval.device import TRAIN_PRECISIONS, accelerate_precision, inference_device, resolve_precision
 from simsearch.retrieval.embed import check_embedding_config, embed_dataset
+from simsearch.training.curves import plot_curves
 from simsearch.training.feature_cache import CACHE_DTYPES, FeatureCache, backbone_feature_shape, cache_bytes
 from simsearch.training.losses import build_loss_wrapper, check_loss_config
 from simsearch.training.optim import build_optimizer, build_scheduler
@@ -57,6 +60,9 @@ __all__ = ["fit", "train_one_epoch", "evaluate", "build_accelerator", "check_tra
 log = logging.getLogger("simsearch.train")
 METRIC_FIELDS = ["epoch", "step", "loss", "lr", "images_per_s", "seconds", "r1", "r5", "map",
                  "miner"]
+# train.log_with: the Accelerate tracker, the check that it is installed, the pip package that brings it
+TRACKERS = {"tensorboard": (is_tensorboard_available, "tensorboard"), "wandb": (is_wandb_available, "wandb"),
+            "mlflow": (is_mlflow_available, "mlflow")}
 
 
 @dataclass
@@ -77,17 +83,29 @@ def seed_everything(seed: int) -> None:
 
 
 def build_accelerator(cfg: DictConfig) -> Accelerator:
-    mp = cfg.train.mixed_precision
-    if mp == "auto":
-        gpu = torch.cuda.is_available() and not cfg.train.cpu
-        mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if gpu else "no"
-    if mp not in ("no", "fp16", "bf16"):
-        raise ValueError(f"train.mixed_precision: '{mp}' must be auto, no, fp16 or bf16")
+    # auto, the launch flag and a conflict between them: decided where inference decides (retrieval.device)
+    precision = resolve_precision(cfg.train.mixed_precision, inference_device(cfg.train.cpu),
+                                  key="train.mixed_precision", choices=TRAIN_PRECISIONS)
+    mp = accelerate_precision(precision)
     # Accelerate keeps its settings in a process-wide singleton; a second run in the same
     # process (tests, notebooks) with another precision must start from a clean one.
     AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum,
-                       cpu=cfg.train.cpu)
+                       cpu=cfg.train.cpu, log_with=tracker_name(cfg), project_dir=str(run_dir_of(cfg)))
+
+
+def tracker_name(cfg: DictConfig) -> str | None:
+    """``train.log_with`` as an Accelerate tracker name (None: none); one that is not installed is refused
+    here, since Accelerate itself would only drop it with a warning."""
+    name = cfg.train.log_with
+    if name is None or name == "none":
+        return None
+    check_choice("train.log_with", name, (*TRACKERS, "none"))
+    available, package = TRACKERS[name]
+    if not available():
+        raise ConfigError(f"train.log_with: {name} is not installed; pip install {package}, "
+                          "or set train.log_with=none")
+    return name
 
 
 def _setup_logging(run_dir: Path, is_main: bool, hold: bool = False) -> None:
@@ -141,7 +159,7 @@ def load_samples(cfg: DictConfig) -> tuple[list, list, list[str]]:
     if (d.train_dir is None) == (d.train_csv is None):
         raise ValueError("config: set exactly one of data.train_dir and data.train_csv")
     samples, classes = (scan_class_folders(d.train_dir) if d.train_dir is not None
-                        else read_manifest(d.train_csv))
+                        else read_manifest(d.train_csv, ManifestSpec.from_config(d)))
     samples, classes = drop_small_classes(samples, classes, d.min_images_per_class)
     if d.sample_ratio < 1.0:
         samples = stratified_subsample(samples, d.sample_ratio, cfg.seed)
@@ -178,9 +196,10 @@ def _reseed_main_process_transform(loader: DataLoader) -> None:
 
 
 def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator: Accelerator,
-                    cfg: DictConfig, state: TrainState, writer=None,
+                    cfg: DictConfig, state: TrainState,
                     cache: FeatureCache | None = None) -> dict[str, float]:
-    """One pass over the P-K batches; returns the mean loss, last LR and throughput.
+    """One pass over the P-K batches; returns the mean loss, last LR and throughput. Every
+    ``train.log_every`` steps the loss and LR go to the tracker (``accelerator.log``; none started, none sent).
 
     With ``cache`` (a leading stage that trains at most the top blocks) the same batches come from
     the cached features of the frozen part, and only the top blocks, pooling and the head run.
@@ -220,9 +239,8 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accel
         ips = seen / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
         bar.update(1)
-        if writer is not None and state.step % cfg.train.log_every == 0:
-            writer.add_scalar("train/loss", losses[-1], state.step)
-            writer.add_scalar("train/lr", lr, state.step)
+        if state.step % cfg.train.log_every == 0:
+            accelerator.log({"train/loss": losses[-1], "train/lr": lr}, step=state.step)
     bar.close()
     mean_loss = torch.tensor(float(np.mean(losses)) if losses else float("nan"), device=accelerator.device)
     mean_loss = accelerator.reduce(mean_loss, reduction="mean").item()
@@ -285,7 +303,7 @@ class Run:
     sampler: EpochBatchSampler
     val_ds: ImageDataset | None
     state: TrainState = field(default_factory=TrainState)
-    writer: Any = None
+    curves: Path | None = None  # RUN/curves.png once this process has drawn it
     stages: list[Stage] = field(default_factory=list)
     stage: int = -1  # the stage the optimizer and scheduler belong to
     train_samples: list = field(default_factory=list)
@@ -538,7 +556,7 @@ def _epoch(run: Run) -> tuple[dict[str, Any], bool]:
     unwrap(run.loss_fn).set_epoch(st.epoch)
     t0 = time.perf_counter()
     row = train_one_epoch(run.model, run.loss_fn, run.optimizer, run.scheduler, run.loader, run.sampler,
-                          run.accelerator, run.cfg, st, run.writer, cache=run.cache)
+                          run.accelerator, run.cfg, st, cache=run.cache)
     row.update(epoch=st.epoch, step=st.step, miner=int(unwrap(run.loss_fn).miner_active))
     # evaluate and checkpoint
     if run.val_ds is not None:
@@ -566,7 +584,7 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
         if accelerator.is_main_process:
             save_config(cfg, run_dir / "config.yaml")
         _release_log()
-    run.writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    _init_trackers(run)
     if (cfg.train.eval_at_start or cfg.train.epochs == 0) and not resume:
         _baseline(run)
     best: dict[str, Any] = {}
@@ -584,8 +602,6 @@ def fit(cfg: DictConfig, resume: bool = False) -> dict[str, Any]:
             break
     if cfg.train.wise_alphas and cfg.train.epochs > 0:
         best = _wise(run) or best
-    if run.writer is not None:
-        run.writer.close()
     skipped = run.state.skipped
     if skipped:
         log.warning("skipped %d unreadable image(s): %s", len(skipped), ", ".join(skipped))
@@ -666,13 +682,40 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes_atomic(path, buf.getvalue().encode("utf-8"), force=True)
 
 
-def _tensorboard(run_dir: Path):
+def _init_trackers(run: Run) -> None:
+    """Start the ``train.log_with`` tracker on the main process (``accelerator.end_training`` ends it) with
+    the resolved config as its hyperparameters: TensorBoard writes RUN/tb/, W&B and MLflow log a run named
+    after run_name in the project / experiment ``simsearch`` (their environment variables may override)."""
+    name = tracker_name(run.cfg)
+    if name is None:
+        return
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in _flatten(OmegaConf.to_container(run.cfg, resolve=True)).items()}
+    run.accelerator.init_trackers("tb" if name == "tensorboard" else "simsearch", config=flat,
+                                  init_kwargs={"wandb": {"name": run.cfg.run_name, "dir": str(run.run_dir)},
+                                               "mlflow": {"run_name": run.cfg.run_name}})
+    log.info("experiment tracker: %s%s", name, f" ({run.run_dir / 'tb'})" if name == "tensorboard" else "")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _draw_curves(run: Run) -> None:
+    """Redraw RUN/curves.png from metrics.csv (main process); the first drawing is named in train.log.
+    A plotting failure is logged, never fatal: the curves are a view of metrics.csv, which is written."""
+    out = run.run_dir / "curves.png"
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training alive without it
-        log.warning("tensorboard not installed; no event files")
-        return None
-    return SummaryWriter(log_dir=str(run_dir / "tb"))
+        plot_curves(run.run_dir / "metrics.csv", out)
+    except Exception as exc:  # matplotlib raises many kinds; training must go on
+        log.warning("could not draw %s: %s", out, exc)
+        return
+    if run.curves is None:
+        run.curves = out
+        log.info("loss and validation curves (redrawn each epoch): %s", out)
 
 
 def _bookkeeping(row: dict, state: TrainState, cfg: DictConfig) -> bool:
@@ -696,10 +739,9 @@ def _save_epoch(run: Run, row: dict[str, Any], improved: bool) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         _append_metrics(run.run_dir / "metrics.csv", row)
-        if run.writer is not None:
-            for k in ("r1", "r5", "map"):
-                if k in row:
-                    run.writer.add_scalar(f"val/{k}", row[k], st.step)
+        _draw_curves(run)
+        if "map" in row:
+            acc.log({f"val/{k}": row[k] for k in ("r1", "r5", "map")}, step=st.step)
         net, lossm = acc.unwrap_model(run.model), acc.unwrap_model(run.loss_fn)
         meta = {"epoch": row["epoch"], "step": st.step,
                 "metrics": {k: row[k] for k in ("r1", "r5", "map", "loss") if k in row},

@@ -7,8 +7,13 @@ through ``LossWrapper``; the model's embedding (the classifier's input) is what 
 
 Under the pair sampler (``data.sampler=pairs``) the batch is pairs at positions (2i, 2i+1) and
 ``LossWrapper`` hands exactly those pairs to the loss as a PML pair ``indices_tuple``.
+
+With several processes the metric losses on P-K batches see every process's batch
+(``train.gather_embeddings``, ``simsearch.training.gather``).
 """
 from __future__ import annotations
+
+import logging
 
 import torch
 import torch.nn as nn
@@ -20,10 +25,13 @@ from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from simsearch.config import ConfigError, check_number
 from simsearch.data.datasets import manifest_columns
+from simsearch.training.gather import gather_across_ranks, world_size
+
+log = logging.getLogger("simsearch.train")
 
 __all__ = ["CLASSIFIER_LOSSES", "LOSSES", "PAIR_LOSSES", "ClassifierCrossEntropyLoss", "CosineEmbeddingLoss",
            "LossWrapper", "XBM_LOSSES", "build_loss", "build_loss_wrapper", "build_miner", "check_loss_config",
-           "position_pairs"]
+           "gathers_negatives", "position_pairs"]
 
 LOSSES = ("circle", "multi_similarity", "triplet", "contrastive", "cosine_embedding", "arcface",
           "cross_entropy")
@@ -143,14 +151,27 @@ def check_loss_config(cfg: DictConfig) -> None:
         if xbm < batch:
             raise ConfigError(f"loss.xbm_size={xbm} must hold at least one batch "
                               f"(train.batch_p * train.batch_k = {batch}), or be 0 (off)")
+    if cfg.train.gather_embeddings is True and not gathers_negatives(cfg):
+        raise ConfigError(f"train.gather_embeddings=true: loss.name={name} with data.sampler={sampler} has no "
+                          "negatives to gather (a classifier's loss of an image depends on that image and the "
+                          "class weights alone; the pair sampler's losses see only the sampled pairs); set it "
+                          "to null or false")
     if not 0.0 <= cfg.loss.ce_label_smoothing < 1.0:
         raise ConfigError(f"loss.ce_label_smoothing must be in [0, 1), got {cfg.loss.ce_label_smoothing}")
     # Every loss here needs class labels: positives are same-class images, classifiers predict them.
     if cfg.data.train_csv is not None:
-        columns = manifest_columns(cfg.data.train_csv)
-        if "label" not in columns:
+        columns, label = manifest_columns(cfg.data.train_csv), cfg.data.columns.label
+        if label not in columns:
             raise ConfigError(f"loss.name={name} needs class labels, but data.train_csv={cfg.data.train_csv} "
-                              f"has no 'label' column (found: {', '.join(columns) or 'nothing'})")
+                              f"has no '{label}' column (data.columns.label; "
+                              f"found: {', '.join(columns) or 'nothing'})")
+
+
+def gathers_negatives(cfg: DictConfig) -> bool:
+    """Whether the loss compares the images of a batch with each other, so that the other
+    processes' batches are more negatives: the metric losses on P-K batches. The classifier
+    losses (one image against the class weights) and the pair sampler's given pairs are not."""
+    return cfg.loss.name not in CLASSIFIER_LOSSES and cfg.data.sampler != "pairs"
 
 
 def position_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -173,11 +194,18 @@ class LossWrapper(nn.Module):
     "Cross-Batch Memory for Embedding Learning", CVPR 2020): each batch is compared with the
     last ``xbm_size`` embeddings too, so a small CPU batch sees many more negatives. The miner,
     once active, mines over batch x memory.
+
+    With ``gather`` the embeddings and labels of all processes are concatenated first
+    (``gather_across_ranks``), so the miner, the memory and the loss see the whole batch on every
+    rank, and DDP's averaged gradient is that of one process's loss on the concatenated batch.
+    With one process it changes nothing.
     """
 
     def __init__(self, loss: nn.Module, miner: nn.Module | None = None, miner_start_epoch: int = 0,
-                 pairs: bool = False, xbm_size: int = 0, embed_dim: int | None = None) -> None:
+                 pairs: bool = False, xbm_size: int = 0, embed_dim: int | None = None,
+                 gather: bool = False) -> None:
         super().__init__()
+        self.gather = gather
         self.loss = loss
         self.miner = miner
         self.miner_start_epoch = miner_start_epoch
@@ -218,6 +246,8 @@ class LossWrapper(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         embeddings = embeddings.float()
+        if self.gather:
+            embeddings, labels = gather_across_ranks(embeddings, labels)
         if self.pairs:
             return self.loss(embeddings, labels, position_pairs(labels))
         if self.xbm is not None:
@@ -236,6 +266,16 @@ def build_loss_wrapper(cfg: DictConfig, num_classes: int, embed_dim: int) -> Los
         raise ConfigError(f"loss.name={cfg.loss.name} classifies the training classes, but the training "
                           f"data (data.train_dir / data.train_csv) has {num_classes}")
     pairs = cfg.data.sampler == "pairs"
+    # null: on whenever there are several processes (with one there is nothing to gather)
+    gather = gathers_negatives(cfg) and cfg.train.gather_embeddings is not False
+    xbm, batch, ranks = cfg.loss.xbm_size, cfg.train.batch_p * cfg.train.batch_k, world_size()
+    if gather and xbm and xbm < batch * ranks:
+        raise ConfigError(f"loss.xbm_size={xbm} must hold at least one batch of all {ranks} processes "
+                          f"(train.batch_p * train.batch_k * processes = {batch * ranks}), as "
+                          "train.gather_embeddings gathers them; raise it or set train.gather_embeddings=false")
+    if gather and ranks > 1:
+        log.info("loss: miner, memory and loss see the embeddings of all %d processes' batches "
+                 "(train.gather_embeddings)", ranks)
     return LossWrapper(build_loss(cfg, num_classes, embed_dim), None if pairs else build_miner(cfg),
-                       cfg.train.miner_start_epoch, pairs=pairs, xbm_size=cfg.loss.xbm_size,
-                       embed_dim=embed_dim)
+                       cfg.train.miner_start_epoch, pairs=pairs, xbm_size=xbm,
+                       embed_dim=embed_dim, gather=gather)

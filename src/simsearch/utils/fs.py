@@ -16,8 +16,8 @@ from typing import Any
 
 from simsearch.utils.errors import OutputPathError
 
-__all__ = ["atomic_file", "atomic_folder", "check_writable", "replace_file", "swap_into_place",
-           "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["atomic_file", "atomic_folder", "check_writable", "replace_file", "submission_meta_path",
+           "swap_into_place", "write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
 
 
 def _refuse_existing(target: Path, force: bool) -> None:
@@ -140,3 +140,9 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def submission_meta_path(submission: str | os.PathLike) -> Path:
+    """The meta file written beside a submission: ``NAME.json`` -> ``NAME.meta.json``."""
+    out = Path(submission)
+    return out.with_name(out.stem + ".meta.json")
