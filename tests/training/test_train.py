@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from tools.train import main
 
-from conftest import CONFIGS, REPO, kill_and_resume, make_class_folder, metrics_rows
+from conftest import CONFIGS, kill_and_resume, make_class_folder, metrics_rows
 
 TINY = str(CONFIGS / "tiny_test.yaml")
 
@@ -138,10 +138,11 @@ def test_two_process_cpu_training(tmp_path):
     data = make_class_folder(tmp_path / "train", n_classes=8, per_class=6)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     # `accelerate launch --cpu` starts one process unless MPI is set up; torchrun's launcher
-    # (--multi_gpu) with no visible GPU starts two gloo CPU processes.
+    # (--multi_gpu) with no visible GPU starts two gloo CPU processes. `-m simsearch.commands.train`:
+    # the documented form for an installed package (tools/train.py is an alias of the same module).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "tools" / "train.py"), "--config", TINY, f"data.train_dir={data}",
+           "-m", "simsearch.commands.train", "--config", TINY, f"data.train_dir={data}",
            f"train.output_dir={tmp_path / 'runs'}", "train.epochs=2", "train.cpu=true"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]

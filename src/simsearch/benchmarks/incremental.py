@@ -225,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="simsearch-bench-incremental-", dir=args.workdir))
     try:
-        leak_rows, leak_note = bench_leakage(args, root / "leakage")
+        seconds, (leak_rows, leak_note) = _timed(lambda: bench_leakage(args, root / "leakage"))
+        leak_note += f" (part (a): {seconds:.0f} s in all)"
         print(leak_note + "\n\n" + leakage_table(leak_rows) + "\n", flush=True)
         shutil.rmtree(root / "leakage")
-        add_rows, add_note = bench_add(args, root / "index")
+        seconds, (add_rows, add_note) = _timed(lambda: bench_add(args, root / "index"))
+        add_note += f" (part (b): {seconds:.0f} s in all)"
         print(add_note + "\n\n" + add_table(add_rows), flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
