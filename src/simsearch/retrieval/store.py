@@ -63,7 +63,8 @@ from simsearch.retrieval.index import as_float32_matrix, build_index, check_fact
 from simsearch.utils.errors import InputFileError, reading
 from simsearch.utils.fs import atomic_file, atomic_folder, check_writable, write_json_atomic
 
-__all__ = ["COMPACT_FRACTION", "Hit", "LoadedIndex", "add_to_index", "append_rows", "build_index_dir", "clip_spec",
+__all__ = ["COMPACT_FRACTION", "Hit", "LoadedIndex", "QueryModels", "add_to_index", "append_rows",
+           "build_index_dir", "clip_spec",
            "list_images", "load_clip", "load_index_dir", "require_text_search", "search_index", "search_text",
            "search_vectors", "write_index_dir",
            # shared with the vector-database store (retrieval.vectordb)
@@ -95,8 +96,38 @@ class Hit(NamedTuple):
     score: float
 
 
+class QueryModels:
+    """What a FAISS folder (:class:`LoadedIndex`) and a vector-database collection share: image paths
+    and the query models, loaded once on demand. Needs ``manifest``, ``folder``, ``_model``, ``_clip``."""
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.manifest["images_dir"])
+
+    def path_of(self, image_id: str) -> str:
+        """The file behind an id (relative ids resolve against ``images_dir``)."""
+        p = Path(image_id)
+        return str(p if p.is_absolute() else self.images_dir / p)
+
+    def embedding_model(self, checkpoint: str | Path | None = None) -> torch.nn.Module:
+        """The checkpoint's model, after checking it is the one that built the index."""
+        if self._model is None:
+            ckpt = Path(checkpoint) if checkpoint else Path(self.manifest["checkpoint"])
+            _check_same_checkpoint(self.manifest, ckpt, self.folder, "search")
+            self._model, _ = load_model(ckpt)
+            place_model(self._model, inference_device())
+            log.info("loaded the model of %s from %s", self.folder, ckpt)
+        return self._model
+
+    def clip_model(self) -> tuple[torch.nn.Module, Any]:
+        """(CLIP model, tokenizer) named by the manifest; raises for non-CLIP indexes."""
+        if self._clip is None:
+            self._clip = load_clip(require_text_search(self.manifest, self.folder))
+        return self._clip
+
+
 @dataclass
-class LoadedIndex:
+class LoadedIndex(QueryModels):
     """An index folder in memory; the models it needs for queries are loaded once, on demand."""
 
     folder: Path
@@ -123,31 +154,6 @@ class LoadedIndex:
         if len(self.clip_shards) > 1:
             self.clip_shards = [np.concatenate(self.clip_shards)]
         return self.clip_shards[0]
-
-    @property
-    def images_dir(self) -> Path:
-        return Path(self.manifest["images_dir"])
-
-    def path_of(self, image_id: str) -> str:
-        """The file behind an id (relative ids resolve against ``images_dir``)."""
-        p = Path(image_id)
-        return str(p if p.is_absolute() else self.images_dir / p)
-
-    def embedding_model(self, checkpoint: str | Path | None = None) -> torch.nn.Module:
-        """The checkpoint's model, after checking it is the one that built the index."""
-        if self._model is None:
-            ckpt = Path(checkpoint) if checkpoint else Path(self.manifest["checkpoint"])
-            _check_same_checkpoint(self.manifest, ckpt, self.folder, "search")
-            self._model, _ = load_model(ckpt)
-            place_model(self._model, inference_device())
-            log.info("loaded the model of %s from %s", self.folder, ckpt)
-        return self._model
-
-    def clip_model(self) -> tuple[torch.nn.Module, Any]:
-        """(CLIP model, tokenizer) named by the manifest; raises for non-CLIP indexes."""
-        if self._clip is None:
-            self._clip = load_clip(require_text_search(self.manifest, self.folder))
-        return self._clip
 
 
 # --------------------------------------------------------------------------- images

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -48,6 +47,7 @@ from simsearch.retrieval.embed import check_embedding_config
 from simsearch.retrieval.store import (
     Hit,
     LoadedIndex,
+    QueryModels,
     check_same_checkpoint,
     clip_spec,
     collect_images,
@@ -56,7 +56,6 @@ from simsearch.retrieval.store import (
     embed_text_query,
     embedding_settings,
     list_images,
-    load_clip,
     load_index_dir,
     require_text_search,
 )
@@ -274,7 +273,7 @@ def add_to_collection(loc: DbLocation | VectorIndex, images: str | Path | list[s
 
 
 @dataclass
-class VectorIndex:
+class VectorIndex(QueryModels):
     """An open collection; what the app and the searches need of an index, as :class:`LoadedIndex` has it."""
 
     loc: DbLocation
@@ -289,10 +288,6 @@ class VectorIndex:
         return str(self.loc)
 
     @property
-    def images_dir(self) -> Path:
-        return Path(self.manifest["images_dir"])
-
-    @property
     def count(self) -> int:
         """Images in the collection now (the manifest point left out)."""
         return int(self.client.count(self.loc.collection, exact=True).count) - 1
@@ -304,25 +299,6 @@ class VectorIndex:
             found |= {str(p.id) for p in self.client.retrieve(self.loc.collection, point_ids[start:start + BATCH],
                                                               with_payload=False, with_vectors=False)}
         return found
-
-    def path_of(self, image_id: str) -> str:
-        p = Path(image_id)
-        return str(p if p.is_absolute() else self.images_dir / p)
-
-    def embedding_model(self, checkpoint: str | Path | None = None) -> torch.nn.Module:
-        """The checkpoint's model, after checking it is the one that built the collection."""
-        if self._model is None:
-            ckpt = Path(checkpoint) if checkpoint else Path(self.manifest["checkpoint"])
-            check_same_checkpoint(self.manifest, ckpt, self.folder, "search")
-            self._model, _ = load_model(ckpt)
-            place_model(self._model, inference_device())
-            log.info("loaded the model of %s from %s", self.folder, ckpt)
-        return self._model
-
-    def clip_model(self) -> tuple[torch.nn.Module, Any]:
-        if self._clip is None:
-            self._clip = load_clip(require_text_search(self.manifest, self.folder))
-        return self._clip
 
     def query(self, vector: np.ndarray, using: str, top_k: int) -> list[Hit]:
         """Top-k hits, best first, for one unit-norm vector searched in the named vector ``using``."""
