@@ -39,6 +39,7 @@ def test_all_benchmarks_smallest(tmp_path: Path, capsys, monkeypatch) -> None:
     assert "| ours | " in out and "| plain | " in out  # training step
     assert "| clustered 2000 | 2000 | Flat | exact |" in out  # index
     assert "| caltech101 | 16 | Flat | exact |" in out  # index, real images
+    assert "index IVF8,Flat -> IVF8,Flat" in out and "| **total** |" in out  # million-image gallery
     summary = json.loads((tmp_path / "json" / "all.json").read_text())
     assert [r["benchmark"] for r in summary["results"]] == list(BENCHMARKS)
 

@@ -285,3 +285,54 @@ def test_compare_and_the_quality_benchmark_place_their_model(setup, monkeypatch)
     assert set(scores) == {"plain", "post"}
     _embedded_where_placed(rec)
     assert rec.calls[0][1] is DEVICE and rec.asked == [True]
+
+
+def test_the_text_models_go_where_the_image_model_is(setup, monkeypatch):
+    """Text fusion's captioner and sentence encoder load on the image model's device, and so do the text
+    search's CLIP model and its tokens."""
+    from types import SimpleNamespace
+
+    from simsearch.inference import enhancements
+    from simsearch.retrieval import store
+
+    asked: list[tuple[str, str]] = []
+
+    def encoder_loader(spec, device="cpu"):
+        asked.append(("encoder", device))
+        return lambda texts: np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    def captioner_loader(path, device="cpu"):
+        asked.append(("captioner", device))
+        return lambda images: ["a caption"] * len(images)
+
+    monkeypatch.setattr(enhancements, "load_sentence_encoder", encoder_loader)
+    monkeypatch.setattr(enhancements, "load_blip_captioner", captioner_loader)
+    cfg = load([setup["ckpt"] / "config.yaml"], ["infer.text.enabled=true", "infer.text.captioner=somewhere"])
+    folder = SimpleNamespace(paths=sorted((setup["test"] / "query").rglob("*.jpg")))
+    enh = enhancements.prepare_enhancements(cfg, folder, folder, device=torch.device("meta"))
+    assert asked == [("captioner", "meta"), ("encoder", "meta")] and enh.text_q.shape == (3, 4)
+    asked.clear()
+    monkeypatch.setattr(enhancements, "inference_device", lambda cpu=False: torch.device("meta"))
+    enhancements.prepare_enhancements(cfg, folder, folder)  # no device given: the inference device
+    assert asked == [("captioner", "meta"), ("encoder", "meta")]
+
+    class FakeClip(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+            self.token_devices: list[torch.device] = []
+
+        def encode_text(self, tokens, normalize=True):
+            self.token_devices.append(tokens.device)
+            return self.w[None] / self.w.norm()
+
+    rec = spy(monkeypatch, store)
+    clip = FakeClip()
+    monkeypatch.setattr(store, "load_clip", lambda spec: (clip, lambda texts: torch.zeros(len(texts), 5)))
+    monkeypatch.setattr(store, "require_text_search", lambda manifest, folder=None: {"model": "fake"})
+    holder = SimpleNamespace(manifest={}, folder=Path("index"), _model=None, _clip=None)
+    model, _ = store.QueryModels.clip_model(holder)
+    assert model is clip and rec.calls == [(clip, DEVICE)]  # placed where the device decision says
+    out = store.embed_text_query("a red bicycle", 3, lambda: holder._clip)
+    assert clip.token_devices == [DEVICE] and out.shape == (3,)
+    np.testing.assert_allclose(np.linalg.norm(out), 1.0, atol=1e-6)

@@ -7,7 +7,7 @@ import pytest
 
 from simsearch.benchmarks.dense_reference import dense_k_reciprocal_rerank, original_distance
 from simsearch.retrieval.index import build_index
-from simsearch.retrieval.rerank import NORMS, _half_scales, k_reciprocal_rerank
+from simsearch.retrieval.rerank import NORMS, k_reciprocal_rerank, stacked_neighbours
 from simsearch.utils.synthetic import clustered_unit_vectors
 
 
@@ -58,10 +58,12 @@ def test_column_max_by_hand_on_three_vectors() -> None:
     np.testing.assert_allclose(original_distance(THREE[:1], THREE[1:], "column_max"), expected, atol=1e-6)
     np.testing.assert_allclose(original_distance(THREE[:1], THREE[1:], "fixed"),
                                np.array([[0, 2, SQ], [2, 0, SQ], [SQ, SQ, 0]]) / 4.0, atol=1e-6)
-    # the sparse path's halved maxima, 1 - min cos, from the index search of -x
-    scale = _half_scales(THREE, build_index(THREE, "Flat"), "column_max")
+    # the sparse path's halved maxima, 1 - min cos, from the index search of -x (x = [q; g] = THREE)
+    neigh, scale = stacked_neighbours(THREE[:1], THREE[1:], build_index(THREE[1:], "Flat"), 3, "column_max")
     np.testing.assert_allclose(scale, [1.0, 1.0, SQ / 2.0], atol=1e-6)
-    assert (_half_scales(THREE, None, "fixed") == 2.0).all()
+    assert neigh[:, 0].tolist() == [0, 1, 2]  # each item is its own nearest, in stacked ids
+    _, fixed = stacked_neighbours(THREE[:1], THREE[1:], build_index(THREE[1:], "Flat"), 3, "fixed")
+    assert (fixed == 2.0).all()
 
 
 @pytest.mark.parametrize("query,gallery,expected", [

@@ -24,7 +24,7 @@ from simsearch.config import default_config_path
 __all__ = ["BENCHMARKS", "PRESETS", "main"]
 
 CONFIGS = default_config_path().parent
-BENCHMARKS = ("rerank", "extract", "train_step", "index", "gpu")
+BENCHMARKS = ("rerank", "extract", "train_step", "index", "million", "gpu")
 #: Benchmarks that need a CUDA GPU unless run with --smoke.
 GPU_ONLY = ("gpu",)
 
@@ -35,6 +35,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "extract": [],
         "train_step": [],
         "index": [],
+        "million": [],
         "gpu": [],
     },
     "quick": {
@@ -44,6 +45,8 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "train_step": ["--steps", "3", "train.batch_p=8", "train.batch_k=4", "data.image_size=96"],
         "index": ["--sizes", "20000", "--dim", "128", "--queries", "500", "--real-gallery", "256",
                   "--real-queries", "64", "--real-image-size", "160", "--single-seconds", "0.5"],
+        "million": ["--queries", "1000", "--gallery", "100000", "--sample", "500", "--check-queries", "200",
+                    "--check-gallery", "20000"],
         "gpu": ["--batches", "4", "--steps", "4", "--repeats", "2"],
     },
     "smallest": {
@@ -54,6 +57,8 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "train_step": ["--config", str(CONFIGS / "tiny_test.yaml"), "--steps", "1", "--repeats", "1"],
         "index": ["--sizes", "2000", "--dim", "32", "--queries", "50", "--real-gallery", "16",
                   "--real-queries", "8", "--real-image-size", "64", "--single", "20", "--repeats", "1"],
+        "million": ["--queries", "20", "--gallery", "1000", "--dim", "16", "--index", "IVF8,Flat",
+                    "--sample", "30", "--check-queries", "10", "--check-gallery", "500"],
         "gpu": ["--smoke"],
     },
 }

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from simsearch.data.transforms import eval_transform
 from simsearch.inference.sources import self_matches
-from simsearch.retrieval.device import requested_precision
+from simsearch.retrieval.device import inference_device, requested_precision
 from simsearch.retrieval.embed import embed_dataset
 from simsearch.retrieval.fusion import candidate_cosines, fuse_per_query, rescore_head
 from simsearch.retrieval.multicrop import CropDataset, MultiCropOptions, build_detector, crop_items
@@ -113,11 +113,14 @@ def embed_query_crops(model, query, cfg: DictConfig, opts: MultiCropOptions, det
 
 
 def _text_embeddings(opts: TextOptions, query, gallery, captioner: Captioner | None,
-                     encoder: TextEncoder | None) -> tuple[np.ndarray, np.ndarray]:
+                     encoder: TextEncoder | None, device: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Caption (where no title) and encode the texts of queries and gallery, both models on ``device``
+    (None: :func:`inference_device`), where the image model runs."""
+    where = str(device if device is not None else inference_device())
     titles = read_titles(opts.titles_csv, opts.path_column, opts.title_column) if opts.titles_csv else None
     if captioner is None and opts.captioner:
-        captioner = load_blip_captioner(opts.captioner)
-    encoder = encoder or load_sentence_encoder(opts.encoder)
+        captioner = load_blip_captioner(opts.captioner, device=where)
+    encoder = encoder or load_sentence_encoder(opts.encoder, device=where)
     q_texts = image_texts(query.paths, titles, captioner, "query")
     g_texts = image_texts(gallery.paths, titles, captioner, "gallery")
     return encoder(q_texts), encoder(g_texts)
@@ -130,7 +133,8 @@ def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = None, se
     for tests); nothing when both are off.
 
     ``second_tta``: flip TTA for the second model (default: ``infer.tta_flip``). ``device``: where the
-    second model goes (None: ``retrieval.device.inference_device``); it embeds in ``infer.precision``.
+    second model, the captioner and the text encoder go (None: ``retrieval.device.inference_device``);
+    the second model embeds in ``infer.precision``.
     """
     inf = cfg.infer
     enh = Enhancements()
@@ -143,7 +147,7 @@ def prepare_enhancements(cfg: DictConfig, query, gallery, device: Any = None, se
     if tx.enabled:
         t = time.perf_counter()
         enh.text = tx
-        enh.text_q, enh.text_g = _text_embeddings(tx, query, gallery, captioner, text_encoder)
+        enh.text_q, enh.text_g = _text_embeddings(tx, query, gallery, captioner, text_encoder, device)
         enh.seconds["text_s"] = time.perf_counter() - t
     return enh
 

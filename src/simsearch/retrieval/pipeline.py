@@ -8,16 +8,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from simsearch.config import ConfigError, check_number, section_values
-from simsearch.retrieval.index import build_index, search
+from simsearch.retrieval.index import as_float32_matrix, build_index, search
 from simsearch.retrieval.query_expansion import (
     alpha_query_expansion,
     average_query_expansion,
     database_augmentation,
 )
-from simsearch.retrieval.rerank import NORMS, k_reciprocal_rerank
+from simsearch.retrieval.rerank import NORMS, rerank_with_neighbours, stacked_neighbours
 
 __all__ = ["RetrievalOptions", "drop_self", "retrieve"]
 
@@ -69,7 +70,8 @@ class RetrievalOptions:
 
 
 def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dict[str, float] | None = None,
-             self_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+             self_ids: np.ndarray | None = None, index: faiss.Index | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Rank the gallery for every query: (ids (Nq, K) best first, scores (Nq, K), higher better).
 
     K = top_k, or the whole gallery when top_k is 0 or "all". Re-ranking reorders each query's first
@@ -79,12 +81,18 @@ def retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dict
 
     ``self_ids`` (Nq,): the gallery row that is query i itself (-1: none). Each query's own row is
     left out of its ranking: K + 1 are searched and the self-match dropped (see :func:`drop_self`).
+
+    ``index``: the gallery's index, when the caller has built it already (``build_index(g, opts.index,
+    ef_search=opts.ef_search, nprobe=opts.nprobe)``); re-ranking adds the queries to it, so it
+    must not be searched as a gallery index afterwards. Not allowed with DBA, which changes g.
     """
+    if index is not None and opts.dba_k:
+        raise ValueError("retrieve(): a prebuilt index cannot be used with infer.dba_k, which changes the gallery")
     if self_ids is None or not (np.asarray(self_ids) >= 0).any():
-        return _retrieve(q, g, opts, timings)
+        return _retrieve(q, g, opts, timings, index=index)
     ng = len(g)
     k = ng if opts.top_k in (0, None, "all") else min(int(opts.top_k), ng)
-    ids, scores = _retrieve(q, g, opts, timings, extra=1)
+    ids, scores = _retrieve(q, g, opts, timings, extra=1, index=index)
     ids, scores = drop_self(ids, scores, np.asarray(self_ids), k)
     if k == ng and len(ids) and (ids[:, -1] < 0).all():  # the whole gallery, every query in it: one less
         ids, scores = ids[:, :-1], scores[:, :-1]
@@ -111,33 +119,52 @@ def drop_self(ids: np.ndarray, scores: np.ndarray, self_ids: np.ndarray, k: int)
 
 
 def _retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dict[str, float] | None = None,
-              extra: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """retrieve() without the self-match rule; ``extra`` more items per row than top_k (capped at the gallery)."""
+              extra: int = 0, index: faiss.Index | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """retrieve() without the self-match rule; ``extra`` more items per row than top_k (capped at the gallery).
+
+    One index over the gallery serves every stage: DBA's and QE's neighbours, the search, and
+    re-ranking's candidates and neighbour lists (the queries are added to it for those last).
+    """
     timings = {} if timings is None else timings
     ng = len(g)
     k = ng if opts.top_k in (0, None, "all") else min(int(opts.top_k) + extra, ng)
     t = time.perf_counter()
+    if index is None:
+        index = build_index(g, opts.index, ef_search=opts.ef_search, nprobe=opts.nprobe)
+    elif index.ntotal != ng:
+        raise ValueError(f"retrieve(): the index holds {index.ntotal} vectors but the gallery has {ng}")
+    timings["index_build_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     if opts.dba_k:
-        g = database_augmentation(g, opts.dba_k, opts.qe_alpha)
+        g = database_augmentation(g, opts.dba_k, opts.qe_alpha, index=index)
+        index = build_index(g, opts.index, ef_search=opts.ef_search, nprobe=opts.nprobe)  # over the new vectors
     if opts.qe == "avg":
-        q = average_query_expansion(q, g, opts.qe_k)
+        q = average_query_expansion(q, g, opts.qe_k, index=index)
     elif opts.qe == "alpha":
-        q = alpha_query_expansion(q, g, opts.qe_k, opts.qe_alpha)
+        q = alpha_query_expansion(q, g, opts.qe_k, opts.qe_alpha, index=index)
     timings["query_expansion_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    index = build_index(g, opts.index, ef_search=opts.ef_search, nprobe=opts.nprobe)
-    scores, ids = search(index, q, k)
+    c = min(max(opts.rerank_candidates, 1), ng)
+    scores, ids = search(index, q, max(k, c) if opts.rerank else k)
     timings["search_s"] = time.perf_counter() - t
     if not opts.rerank:
         return ids, scores
 
+    if (ids[:, :c] < 0).any():
+        raise ValueError(f"infer.rerank_candidates ({c}): the index {opts.index!r} found fewer gallery items than "
+                         f"that for {int((ids[:, :c] < 0).any(axis=1).sum())} queries; raise infer.nprobe "
+                         f"({opts.nprobe}) or infer.ef_search ({opts.ef_search}), lower infer.rerank_candidates, "
+                         "or use Flat")
     t = time.perf_counter()
-    c = min(max(opts.rerank_candidates, 1), ng)
-    rr_ids, rr_dist = k_reciprocal_rerank(q, g, opts.k1, opts.k2, opts.lambda_value, num_candidates=c,
-                                          index_factory="Flat", norm=opts.rerank_norm)
+    q32, g32 = as_float32_matrix(q, "q"), as_float32_matrix(g, "g")
+    neigh, scale = stacked_neighbours(q32, g32, index, max(opts.k1 + 1, opts.k2), opts.rerank_norm)
+    del index  # it now holds the queries too; the encoding vectors need the memory
+    timings["rerank_neighbours_s"] = time.perf_counter() - t
+    rr_ids, rr_dist = rerank_with_neighbours(q32, g32, neigh, scale, ids[:, :c], opts.k1, opts.k2,
+                                             opts.lambda_value, timings)
     timings["rerank_s"] = time.perf_counter() - t
-    return _splice(rr_ids, 1.0 - rr_dist, ids, scores, k)
+    return _splice(rr_ids, 1.0 - rr_dist, ids[:, :k], scores[:, :k], k)
 
 
 def _splice(rr_ids: np.ndarray, rr_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray,

@@ -3,7 +3,9 @@
 Zhong, Zheng, Cao, Li, "Re-ranking Person Re-identification with k-reciprocal Encoding",
 CVPR 2017. Steps, for the union of queries and gallery (N items):
 
-1. top-(k1+1) neighbours of every item (itself included) from a FAISS inner-product search;
+1. top-(k1+1) neighbours of every item (itself included) from the gallery's FAISS inner-product
+   index with the queries added (:func:`stacked_neighbours`; ``retrieve()`` passes its own index,
+   so an IVF gallery gets IVF neighbour lists, see ``simsearch bench million``);
 2. k-reciprocal sets R(p, k1) = {c in N(p, k1) : p in N(c, k1)}, expanded by R(c, k1/2) of each
    member c with |R(c, k1/2) ∩ R(p, k1)| > 2/3 |R(c, k1/2)|;
 3. sparse vectors V_p with Gaussian-kernel weights exp(-d(p, c)) on the expanded set,
@@ -28,12 +30,14 @@ simsearch/benchmarks/dense_reference.py.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import scipy.sparse as sp
 
 from simsearch.retrieval.index import as_float32_matrix, build_index, search
 
-__all__ = ["NORMS", "k_reciprocal_rerank"]
+__all__ = ["NORMS", "k_reciprocal_rerank", "rerank_with_neighbours", "stacked_neighbours"]
 
 #: Values of ``norm`` (config key ``infer.rerank_norm``), see the module docstring.
 NORMS = ("column_max", "fixed")
@@ -41,6 +45,7 @@ NORMS = ("column_max", "fixed")
 _ROW_CHUNK = 2048  # items per chunk in the neighbour-set steps
 _QUERY_CHUNK = 256  # queries per chunk of the exact candidate step
 _GATHER_CHUNK = 1 << 13  # pairs per chunk of embedding gathers (2 x 8192 x D floats)
+_SEARCH_CHUNK = 1 << 16  # items per neighbour search call: FAISS's result buffers stay small
 
 
 def _check_args(
@@ -76,26 +81,79 @@ def _check_args(
     return q, g
 
 
-def _half_scales(x: np.ndarray, index, norm: str) -> np.ndarray:
+class _Stack:
+    """Rows of the union [q; g] (queries first) without a concatenated copy: at a 1M gallery the
+    copy alone would be another 2 GB."""
+
+    def __init__(self, q: np.ndarray, g: np.ndarray) -> None:
+        self.q, self.g, self.nq = q, g, len(q)
+
+    def __len__(self) -> int:
+        return self.nq + len(self.g)
+
+    def chunks(self, size: int = _SEARCH_CHUNK):
+        """Consecutive blocks of rows, queries first: (first stacked id, rows)."""
+        for part, offset in ((self.q, 0), (self.g, self.nq)):
+            for s in range(0, len(part), size):
+                yield offset + s, part[s : s + size]
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        out = np.empty((len(ids), self.q.shape[1]), dtype=np.float32)
+        is_q = ids < self.nq
+        out[is_q] = self.q[ids[is_q]]
+        out[~is_q] = self.g[ids[~is_q] - self.nq]
+        return out
+
+
+def stacked_neighbours(q: np.ndarray, g: np.ndarray, index, k: int, norm: str = "fixed"
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's ``k`` nearest items of [q; g] (itself included) and the half-scales of ``norm``.
+
+    ``index`` is the gallery's own index (``build_index(g, ...)``, ids 0..Ng-1), so the neighbour
+    search follows the same rule as retrieval (IVF above ``FLAT_BELOW``) instead of an exact scan
+    of N x N pairs (hours at a 1M gallery on 2 cores). The queries are added to it: it comes back
+    holding [g; q], and the caller must not search it as a gallery index afterwards. Returns
+    (ids (Nq + Ng, k) in stacked order, queries first, best first; scale (Nq + Ng,)); see
+    :func:`_half_scales`.
+    """
+    ng = int(index.ntotal)
+    if ng != len(g):
+        raise ValueError(f"the index holds {ng} vectors but the gallery has {len(g)}")
+    index.add(q)
+    x = _Stack(q, g)
+    k = min(k, len(x))
+    neigh = np.empty((len(x), k), dtype=np.int64)
+    for s, rows in x.chunks():
+        _, ids = search(index, rows, k)
+        if (ids < 0).any():
+            raise ValueError(f"index {type(index).__name__} returned fewer than {k} neighbours for re-ranking; "
+                             "use an exact index ('Flat') or larger efSearch/nprobe")
+        neigh[s : s + len(rows)] = np.where(ids >= ng, ids - ng, ids + len(q))  # [g; q] ids -> [q; g]
+    return neigh, _half_scales(x, index, norm)
+
+
+def _half_scales(x: _Stack, index, norm: str) -> np.ndarray:
     """Per item p, half the divisor of its squared distances: d(p, c) = (1 - cos(p, c)) / scale[p].
 
     ``fixed``: 2 (squared distance / 4). ``column_max``: 1 - min_j cos(p, j), half of p's largest
-    squared distance, found by searching ``index`` (over ``x``) for the item nearest to -p; exact
-    for a Flat index. Items whose set holds only copies of them get 1, to keep every d finite.
+    squared distance, found by searching ``index`` (over all items) for the item nearest to -p;
+    exact for a Flat index. Items whose set holds only copies of them get 1, to keep every d finite.
     """
     if norm == "fixed":
         return np.full(len(x), 2.0)
-    neg_cos, _ = search(index, -x, 1)  # max_j <-p, x_j> = -min_j cos(p, j)
-    half = 1.0 + neg_cos[:, 0].astype(np.float64)
+    half = np.empty(len(x), dtype=np.float64)
+    for s, rows in x.chunks():
+        neg_cos, _ = search(index, -rows, 1)  # max_j <-p, x_j> = -min_j cos(p, j)
+        half[s : s + len(rows)] = 1.0 + neg_cos[:, 0].astype(np.float64)
     return np.where(half > 1e-6, half, 1.0)
 
 
-def _distance(x: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _distance(x: _Stack, a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """(1 - cos) / scale[a] between rows x[a] and x[b], pairwise, in chunks of pairs."""
     out = np.empty(len(a), dtype=np.float64)
     for s in range(0, len(a), _GATHER_CHUNK):
         e = s + _GATHER_CHUNK
-        dots = np.einsum("ij,ij->i", x[a[s:e]], x[b[s:e]], dtype=np.float64)
+        dots = np.einsum("ij,ij->i", x.take(a[s:e]), x.take(b[s:e]), dtype=np.float64)
         out[s:e] = dots
     return np.clip((1.0 - out) / scale[a], 0.0, 1.0)
 
@@ -135,7 +193,7 @@ def _expanded_sets(r_full: np.ndarray, r_half: np.ndarray) -> tuple[np.ndarray, 
     return np.concatenate(all_rows), np.concatenate(all_cols)
 
 
-def _encoding_vectors(x: np.ndarray, neigh: np.ndarray, k1: int, k2: int, scale: np.ndarray) -> sp.csr_matrix:
+def _encoding_vectors(x: _Stack, neigh: np.ndarray, k1: int, k2: int, scale: np.ndarray) -> sp.csr_matrix:
     """Sparse V (N, N): Gaussian-kernel weights on R*(p, k1), then local QE over k2 items."""
     n = len(x)
     r_full = _reciprocal_sets(neigh, k1)
@@ -179,7 +237,7 @@ def _intersections(v: sp.csr_matrix, g_cols: sp.csc_matrix, rows: np.ndarray, ca
 
 
 def _rerank_chunk(
-    v: sp.csr_matrix, g_cols: sp.csc_matrix, x: np.ndarray, nq: int, rows: np.ndarray, cand: np.ndarray,
+    v: sp.csr_matrix, g_cols: sp.csc_matrix, x: _Stack, rows: np.ndarray, cand: np.ndarray,
     lambda_value: float, scale: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-C of one chunk of queries over the candidates and all overlapping items.
@@ -198,7 +256,7 @@ def _rerank_chunk(
     # original distances by one BLAS product against the gallery items this chunk needs: far
     # cheaper than gathering a pair of rows for each of the (often hundreds per query) pairs
     cols, col_of = np.unique(g_ids, return_inverse=True)
-    block = x[rows] @ x[nq + cols].T
+    block = x.q[rows] @ x.g[cols].T
     original = np.clip((1.0 - block[q_local, col_of].astype(np.float64)) / scale[rows][q_local], 0.0, 1.0)
     final = (1.0 - lambda_value) * jaccard + lambda_value * original
     # rows padded to a (b, L) matrix; rank by final distance, ties by original distance, then id
@@ -222,35 +280,58 @@ def k_reciprocal_rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``num_candidates`` best gallery items per query after re-ranking (Zhong et al. 2017).
 
-    Exact: equal to the top of a dense re-ranking over the whole gallery, at sparse cost.
+    Exact with a Flat index: equal to the top of a dense re-ranking over the whole gallery, at
+    sparse cost.
 
     ``q_emb`` (Nq, D) and ``g_emb`` (Ng, D) must be L2-normalised. ``index_factory`` is the
-    FAISS index used for the neighbour searches ("Flat" = exact; with an approximate one the
-    ``column_max`` maxima are approximate too). ``norm`` divides the squared distances by each
-    item's maximum (``column_max``, the authors' code) or by 4 (``fixed``). Returns (indices int64
-    (Nq, C), distances float32 (Nq, C)) with C = min(num_candidates, Ng): gallery rows best
-    first and their re-ranked distances (ties keep the original order).
+    FAISS index built over the gallery for the candidate and neighbour searches ("Flat" = exact,
+    "auto" = the retrieval rule; with an approximate one the neighbour lists and the ``column_max``
+    maxima are approximate too). ``norm`` divides the squared distances by each item's maximum
+    (``column_max``, the authors' code) or by 4 (``fixed``). Returns (indices int64 (Nq, C),
+    distances float32 (Nq, C)) with C = min(num_candidates, Ng): gallery rows best first and
+    their re-ranked distances (ties keep the original order).
     """
     q, g = _check_args(q_emb, g_emb, k1, k2, lambda_value, num_candidates, norm)
-    nq = len(q)
-    x = np.concatenate([q, g])
-    neigh_k = min(max(k1 + 1, k2), len(x))
-    index = build_index(x, index_factory)
-    _, neigh = search(index, x, neigh_k)
-    _, cand = search(build_index(g, index_factory), q, num_candidates)
-    if (neigh < 0).any() or (cand < 0).any():
-        raise ValueError(
-            f"index {index_factory!r} returned fewer neighbours than asked; "
-            "use an exact index ('Flat') or larger efSearch/nprobe"
-        )
-    scale = _half_scales(x, index, norm)
+    index = build_index(g, index_factory)
+    _, cand = search(index, q, num_candidates)
+    neigh, scale = stacked_neighbours(q, g, index, max(k1 + 1, k2), norm)
     del index
+    return rerank_with_neighbours(q, g, neigh, scale, cand, k1, k2, lambda_value)
+
+
+def rerank_with_neighbours(
+    q: np.ndarray,
+    g: np.ndarray,
+    neigh: np.ndarray,
+    scale: np.ndarray,
+    candidates: np.ndarray,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps 2-5 of the module docstring on neighbour lists found already.
+
+    ``q``, ``g``: L2-normalised float32; ``neigh``, ``scale``: from :func:`stacked_neighbours` with at
+    least max(k1 + 1, k2) neighbours (fewer only when the union is smaller); ``candidates`` (Nq, C):
+    each query's cosine top-C gallery rows (the retrieval search). Returns as
+    :func:`k_reciprocal_rerank`; ``timings`` receives the seconds of the two steps.
+    """
+    if (candidates < 0).any():
+        raise ValueError("the retrieval search returned fewer candidates than asked; "
+                         "use an exact index ('Flat') or larger efSearch/nprobe")
+    timings = {} if timings is None else timings
+    x = _Stack(q, g)
+    t = time.perf_counter()
     v = _encoding_vectors(x, neigh, k1, k2, scale)
-    g_cols = v[nq:].tocsc()  # column j -> gallery items with V_g[j] > 0
-    out_idx = np.empty(cand.shape, dtype=np.int64)
-    out_dist = np.empty(cand.shape, dtype=np.float32)
-    for s in range(0, nq, _QUERY_CHUNK):
-        rows = np.arange(s, min(s + _QUERY_CHUNK, nq))
-        out_idx[rows], out_dist[rows] = _rerank_chunk(v, g_cols, x, nq, rows, cand[rows], lambda_value,
-                                                     scale)
+    g_cols = v[x.nq :].tocsc()  # column j -> gallery items with V_g[j] > 0
+    v = v[: x.nq]  # only the queries' rows are read from here on
+    timings["rerank_vectors_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    out_idx = np.empty(candidates.shape, dtype=np.int64)
+    out_dist = np.empty(candidates.shape, dtype=np.float32)
+    for s in range(0, x.nq, _QUERY_CHUNK):
+        rows = np.arange(s, min(s + _QUERY_CHUNK, x.nq))
+        out_idx[rows], out_dist[rows] = _rerank_chunk(v, g_cols, x, rows, candidates[rows], lambda_value, scale)
+    timings["rerank_jaccard_s"] = time.perf_counter() - t
     return out_idx, out_dist

@@ -122,7 +122,8 @@ class QueryModels:
     def clip_model(self) -> tuple[torch.nn.Module, Any]:
         """(CLIP model, tokenizer) named by the manifest; raises for non-CLIP indexes."""
         if self._clip is None:
-            self._clip = load_clip(require_text_search(self.manifest, self.folder))
+            clip, tokenizer = load_clip(require_text_search(self.manifest, self.folder))
+            self._clip = place_model(clip, inference_device()), tokenizer
         return self._clip
 
 
@@ -738,5 +739,6 @@ def embed_text_query(text: str, top_k: int, clip_model: Callable[[], tuple[torch
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     clip, tokenizer = clip_model()
+    tokens = tokenizer([text]).to(next(clip.parameters()).device)  # where the model was placed
     with torch.no_grad():
-        return clip.encode_text(tokenizer([text]), normalize=True).float().numpy()[0]
+        return clip.encode_text(tokens, normalize=True).float().cpu().numpy()[0]

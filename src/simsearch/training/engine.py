@@ -195,6 +195,16 @@ def _reseed_main_process_transform(loader: DataLoader) -> None:
         transform.set_random_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
 
 
+def _skip_batch(empty: bool, accelerator: Accelerator) -> bool:
+    """Whether this step is skipped: its batch is empty on this rank or, under several processes, on any
+    rank. They must agree: a rank that stepped alone would wait forever in DDP's gradient all-reduce
+    (and in the embedding gather) for one that skipped. One small all-reduce per step, only then."""
+    if accelerator.num_processes == 1:
+        return empty
+    flag = torch.tensor([float(empty)], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
 def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accelerator: Accelerator,
                     cfg: DictConfig, state: TrainState,
                     cache: FeatureCache | None = None) -> dict[str, float]:
@@ -215,7 +225,7 @@ def train_one_epoch(model, loss_fn, optimizer, scheduler, loader, sampler, accel
         if i >= total:
             break
         state.skipped.extend(loader.dataset.samples[int(j)][0] for j in bad)
-        if images.numel() == 0:  # every image of this batch was unreadable
+        if _skip_batch(images.numel() == 0, accelerator):  # every image of a rank's batch was unreadable
             continue
         images = images.to(accelerator.device, non_blocking=True)
         labels = labels.to(accelerator.device)
