@@ -48,6 +48,28 @@ def test_unknown_map_is_refused() -> None:
     assert "raw" in map_names() and "pca b0.5 d0 s1.0" in map_names()
 
 
+@pytest.mark.parametrize("kind", ["diag", "lowrank8", "full"])
+def test_a_supervised_map_starts_at_the_identity(kind: str, skewed) -> None:
+    labels = np.arange(len(skewed)) % 4
+    np.testing.assert_allclose(fit_map(f"nca {kind} s0", skewed, labels)(skewed[:7]), _l2(skewed[:7]), atol=1e-6)
+
+
+def test_the_diagonal_map_learns_which_dimension_carries_the_class() -> None:
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(8), 20)
+    x = rng.normal(size=(160, 4)) * np.array([0.3, 2.0, 2.0, 2.0])  # dims 1-3: loud noise
+    x[:, 0] += 2.0 * np.linspace(-1, 1, 8)[labels]  # dim 0: the class, quietly
+    f = fit_map("nca diag s100", x, labels)
+    both = f(np.array([[1.0, 1.0, 0.0, 0.0]]))[0]  # equal inputs on dimensions 0 and 1 (1:1 at the start)
+    assert both[0] > 1.5 * both[1] > 0  # dimension 0 now outweighs dimension 1
+    trained, raw = validate_map("nca diag s100", x, labels, folds=3), validate_map("raw", x, labels, folds=3)
+    assert trained["map"] > raw["map"]
+    with pytest.raises(ValueError, match="needs the training labels"):
+        fit_map("nca diag s10", x)
+    with pytest.raises(ValueError, match="unknown supervised map kind 'huge'"):
+        fit_map("nca huge s10", x, labels)
+
+
 def test_class_split_validation_scores_separable_and_random_classes() -> None:
     rng = np.random.default_rng(1)
     labels = np.repeat(np.arange(10), 4)

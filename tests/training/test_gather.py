@@ -1,5 +1,7 @@
 """train.gather_embeddings: two gloo processes on the CPU give the loss and the gradients of one
 process that sees both batches concatenated."""
+import gc
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -53,18 +55,25 @@ def _run(wrapper, model, xs, labels):
     return out
 
 
+def _cases(rank, gather):
+    """Every case on this rank; its DDP models are gone when this returns (see ``_worker``)."""
+    results = {}
+    for name, (overrides, steps) in CASES.items():
+        wrapper = build_loss_wrapper(_cfg(overrides, gather), 6, D)
+        wrapper.set_epoch(0)
+        ddp = torch.nn.parallel.DistributedDataParallel(_model())  # averages gradients over the ranks
+        xs, ys = zip(*(_data(s) for s in range(steps)))
+        results[name] = _run(wrapper, ddp, [[x[rank]] for x in xs], [[y[rank]] for y in ys])
+    return results
+
+
 def _worker(rank, world, folder, gather):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder / 'store'}", rank=rank, world_size=world)
-    results = {}
     try:
-        for name, (overrides, steps) in CASES.items():
-            wrapper = build_loss_wrapper(_cfg(overrides, gather), 6, D)
-            wrapper.set_epoch(0)
-            ddp = torch.nn.parallel.DistributedDataParallel(_model())  # averages gradients over the ranks
-            xs, ys = zip(*(_data(s) for s in range(steps)))
-            results[name] = _run(wrapper, ddp, [[x[rank]] for x in xs], [[y[rank]] for y in ys])
-        torch.save(results, folder / f"rank{rank}.pt")
+        torch.save(_cases(rank, gather), folder / f"rank{rank}.pt")
+        gc.collect()  # no DDP reducer may outlive the process group: at exit it would abort the process
+        dist.barrier()  # both ranks done before either tears its group down
     finally:
         dist.destroy_process_group()
 

@@ -8,10 +8,15 @@ is fitted on training embeddings and applied before the L2 normalisation: centri
 standardisation (what a BatchNorm head converges to) and PCA whitening with eigenvalue power β,
 shrinkage and optional dimension cut (learned whitening, Radenović, Tolias and Chum, "Fine-tuning
 CNN Image Retrieval with No Human Annotation", TPAMI 2018; shrinkage as Ledoit-Wolf-style
-regularisation of small eigenvalues). Maps are chosen on a class-split validation (``--folds``
-seeded draws of 20% of the training classes held out, each image querying the other held-out ones),
-and every one is reported on the test split, plain (exact cosine) and with the config's
-post-processing, so the chosen row can be compared with the untrained ``raw`` one honestly.
+regularisation of small eigenvalues). Supervised maps too, trained from the identity on the
+training labels: a weight per dimension, a low-rank update I + UV^T, or a full matrix, with the NCA
+softmax loss over in-batch neighbours (Goldberger et al., NIPS 2004, as in supervised contrastive
+learning, Khosla et al. 2020) for a fixed number of Adam steps: the smallest learned heads, to see
+whether any supervision from the training classes transfers. Maps are chosen on a class-split
+validation (``--folds`` seeded draws of 20% of the training classes held out, each image querying
+the other held-out ones), and every one is reported on the test split, plain (exact cosine) and
+with the config's post-processing, so the chosen row can be compared with the untrained ``raw``
+one honestly.
 numpy's eigh is enough here (sklearn's PCA whitening has no power or shrinkage); written by hand.
 """
 from __future__ import annotations
@@ -44,12 +49,74 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
 
 
-def fit_map(name: str, x: np.ndarray) -> LinearMap:
-    """The map ``name`` fitted on the rows of ``x``; it returns L2-normalised rows.
+NCA_KINDS = {"diag": 3e-3, "lowrank8": 1e-3, "full": 1e-4}  # kind: Adam learning rate
+NCA_STEPS = (25, 100, 400)
+_NCA_BATCH, _NCA_TEMPERATURE = 256, 0.1
 
-    ``raw`` (identity), ``center``, ``std``, or ``pca b{β} d{dim} s{shrink}``: project on the
-    covariance's eigenvectors (the first ``dim``; 0 = all) and scale each by (λ + shrink·mean λ)^(-β/2).
+
+def _fit_nca(kind: str, lr: float, steps: int, x: np.ndarray, labels: np.ndarray, seed: int = 0) -> LinearMap:
+    """A map trained from the identity with the NCA loss: each image's softmax over its batch's other
+    images (temperature 0.1) should put its mass on its own class. Written by hand: a few lines of
+    torch on frozen features, where PML's losses would need a model and a loader."""
+    import torch
+
+    dim = x.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "diag":
+        params = {"a": torch.zeros(dim)}  # weights exp(a): 1 at the start
+    elif kind.startswith("lowrank"):
+        rank = int(kind.removeprefix("lowrank"))
+        params = {"u": torch.randn(dim, rank, generator=gen) * 1e-3, "v": torch.zeros(dim, rank)}
+    elif kind == "full":
+        params = {"w": torch.eye(dim)}
+    else:
+        raise ValueError(f"unknown supervised map kind {kind!r} ({', '.join(NCA_KINDS)})")
+    for t in params.values():
+        t.requires_grad_(True)
+
+    def apply(z: torch.Tensor) -> torch.Tensor:
+        if kind == "diag":
+            z = z * params["a"].exp()
+        elif kind == "full":
+            z = z @ params["w"]
+        else:
+            z = z + (z @ params["u"]) @ params["v"].T
+        return torch.nn.functional.normalize(z, dim=1)
+
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(labels)
+    opt = torch.optim.Adam(params.values(), lr=lr)
+    for _ in range(steps):
+        idx = torch.randperm(len(xt), generator=gen)[:_NCA_BATCH]
+        z, y = apply(xt[idx]), yt[idx]
+        eye = torch.eye(len(idx), dtype=torch.bool)
+        logp = (z @ z.T / _NCA_TEMPERATURE).masked_fill(eye, -1e9).log_softmax(dim=1)
+        same = (y[:, None] == y[None]) & ~eye
+        has = same.any(dim=1)
+        loss = -logp.masked_fill(~same, -1e9).logsumexp(dim=1)[has].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def f(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return apply(torch.as_tensor(np.asarray(z), dtype=torch.float32)).numpy().astype(np.float32)
+
+    return f
+
+
+def fit_map(name: str, x: np.ndarray, labels: np.ndarray | None = None) -> LinearMap:
+    """The map ``name`` fitted on the rows of ``x`` (and their ``labels``, for supervised maps); it
+    returns L2-normalised rows.
+
+    ``raw`` (identity), ``center``, ``std``, ``pca b{β} d{dim} s{shrink}``: project on the
+    covariance's eigenvectors (the first ``dim``; 0 = all) and scale each by (λ + shrink·mean λ)^(-β/2),
+    or ``nca {kind} s{steps}``: a supervised map of :data:`NCA_KINDS` trained for ``steps``.
     """
+    if name.startswith("nca "):
+        _, kind, steps = name.split()
+        if labels is None:
+            raise ValueError(f"map {name!r} is supervised: it needs the training labels")
+        return _fit_nca(kind, NCA_KINDS.get(kind, 0.0), int(steps.removeprefix("s")), x, labels)
     x = np.asarray(x, dtype=np.float64)
     mu = x.mean(axis=0)
     if name == "raw":
@@ -60,7 +127,7 @@ def fit_map(name: str, x: np.ndarray) -> LinearMap:
         sd = x.std(axis=0) + 1e-6
         return lambda z: _l2((z - mu) / sd)
     if not name.startswith("pca "):
-        raise ValueError(f"unknown map {name!r} (raw, center, std or 'pca bB dD sS')")
+        raise ValueError(f"unknown map {name!r} (raw, center, std, 'pca bB dD sS' or 'nca KIND sN')")
     parts = dict((p[0], float(p[1:])) for p in name.split()[1:])
     beta, dim, shrink = parts["b"], int(parts["d"]), parts["s"]
     vals, vecs = np.linalg.eigh(np.cov((x - mu).T))
@@ -75,7 +142,8 @@ def fit_map(name: str, x: np.ndarray) -> LinearMap:
 def map_names() -> list[str]:
     """The maps the benchmark compares."""
     pca = [f"pca b{b} d{d} s{s}" for b in (0.25, 0.5, 1.0) for d in (0, 512, 256) for s in (0.0, 0.1, 1.0)]
-    return ["raw", "center", "std", *pca]
+    nca = [f"nca {kind} s{steps}" for kind in NCA_KINDS for steps in NCA_STEPS]
+    return ["raw", "center", "std", *pca, *nca]
 
 
 def validate_map(name: str, x: np.ndarray, labels: np.ndarray, folds: int = 5, seed: int = 0,
@@ -88,7 +156,7 @@ def validate_map(name: str, x: np.ndarray, labels: np.ndarray, folds: int = 5, s
     r1, mean_ap = [], []
     for _ in range(folds):
         held = np.isin(labels, rng.permutation(classes)[:n_held])
-        z = fit_map(name, x[~held])(x[held])
+        z = fit_map(name, x[~held], labels[~held])(x[held])
         m = retrieval_metrics_from_embeddings(z, labels[held], z, labels[held], ks=(1,), exclude_self=True)
         r1.append(m["r1"])
         mean_ap.append(m["map"])
@@ -146,9 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in map_names():
         val = validate_map(name, e["train", False], e["labels"], args.folds)
         both = np.concatenate([e["train", False], e["train", True]]) if tta else e["train", False]
-        rows.append({"map": name, "val": val, "plain": _test_scores(fit_map(name, e["train", False]), e, gt, plain,
-                                                                   False),
-                     "post": _test_scores(fit_map(name, both), e, gt, post, tta)})
+        both_labels = np.concatenate([e["labels"], e["labels"]]) if tta else e["labels"]
+        plain_map = fit_map(name, e["train", False], e["labels"])
+        rows.append({"map": name, "val": val, "plain": _test_scores(plain_map, e, gt, plain, False),
+                     "post": _test_scores(fit_map(name, both, both_labels), e, gt, post, tta)})
     best = max(rows, key=lambda r: r["val"]["map"])
     print(header(f"Learned linear maps on frozen features: {Path(args.config).stem} on {root.name}",
                  notes=[f"chosen on {args.folds} class-split validation folds (20% of the training classes "
