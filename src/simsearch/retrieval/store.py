@@ -68,8 +68,8 @@ __all__ = ["COMPACT_FRACTION", "Hit", "LoadedIndex", "QueryModels", "add_to_inde
            "list_images", "load_clip", "load_index_dir", "require_text_search", "search_index", "search_text",
            "search_vectors", "write_index_dir",
            # shared with the vector-database store (retrieval.vectordb)
-           "check_same_checkpoint", "collect_images", "embed_images", "embed_query_image", "embed_text_query",
-           "embedding_settings"]
+           "FolderEmbeddings", "check_same_checkpoint", "collect_images", "embed_folder_for_index", "embed_images",
+           "embed_query_image", "embed_text_query"]
 
 log = logging.getLogger("simsearch.index")
 
@@ -465,26 +465,49 @@ def _check_same_checkpoint(manifest: dict[str, Any], checkpoint: Path, folder: P
 # --------------------------------------------------------------------------- build, add, load
 
 
-def build_index_dir(checkpoint: str | Path, images_dir: str | Path, out_dir: str | Path,
-                    factory: str = "Flat", cfg: DictConfig | None = None, force: bool = False,
-                    clip_features: bool | None = None) -> dict[str, Any]:
-    """Embed every image under ``images_dir`` and write an index folder; returns its manifest.
+@dataclass
+class FolderEmbeddings:
+    """Every readable image under a folder, embedded for a new index: what a FAISS folder
+    (:func:`build_index_dir`) and a vector-database collection are both built from."""
 
-    ``cfg`` (default: the checkpoint's own config) gives the embedding settings (size, TTA,
-    batch) and FAISS search knobs. ``clip_features`` (default: on for OpenCLIP backbones) adds
-    ``clip_image_emb.npy`` for text search.
+    root: Path
+    ids: list[str]  # the readable images, relative to ``root``
+    emb: np.ndarray
+    clip_emb: np.ndarray | None
+    unreadable: list[str]
+    checkpoint: Path
+    cfg: DictConfig
+    settings: dict[str, Any]
+    clip: dict[str, Any] | None  # the CLIP spec and feature dim, or None
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest fields both kinds of index record."""
+        return {"simsearch_version": __version__, "created": _now(), "checkpoint": str(self.checkpoint),
+                "checkpoint_sha256": checkpoint_hash(self.checkpoint),
+                "config": OmegaConf.to_container(self.cfg, resolve=True), "images_dir": str(self.root),
+                "embedding": self.settings, "clip": self.clip, "unreadable": self.unreadable}
+
+
+def embed_folder_for_index(checkpoint: str | Path, images_dir: str | Path, cfg: DictConfig | None = None,
+                           clip_features: bool | None = None,
+                           check_model: Callable[[torch.nn.Module], None] | None = None) -> FolderEmbeddings:
+    """Embed every image under ``images_dir`` with the checkpoint's model, placed by the device rule.
+
+    ``cfg`` (default: the checkpoint's own config) gives the embedding settings (size, TTA, batch).
+    ``clip_features`` (default: on for OpenCLIP backbones) adds CLIP image features for text search.
+    ``check_model`` runs on the loaded model before anything is embedded (to refuse an index
+    setting that does not fit it).
     """
-    out, root = Path(out_dir), Path(images_dir).resolve()
-    _check_target(out, force)
     if cfg is not None:
         check_embedding_config(cfg)
+    root = Path(images_dir).resolve()
     names = list_images(root)
     if not names:
         raise ValueError(f"no images under {root}")
     checkpoint = Path(checkpoint).resolve()
     model, ckpt_cfg = load_model(checkpoint)
-    check_factory(factory, model.embed_dim, key="--factory (infer.index)")
-    sha = checkpoint_hash(checkpoint)
+    if check_model is not None:
+        check_model(model)
     cfg = cfg if cfg is not None else ckpt_cfg
     place_model(model, inference_device(bool(OmegaConf.select(cfg, "train.cpu", default=False))))
     spec = clip_spec(cfg) if clip_features is not False else None
@@ -495,18 +518,32 @@ def build_index_dir(checkpoint: str | Path, images_dir: str | Path, out_dir: str
     keep = np.flatnonzero(ok)
     if keep.size == 0:
         raise ValueError(f"no readable image under {root}")
-    factory = resolve_factory(factory, int(keep.size))  # the manifest records what was built
-    index = build_index(emb[keep], factory, ef_search=cfg.infer.ef_search, nprobe=cfg.infer.nprobe,
-                        seed=cfg.seed)
-    manifest = {"simsearch_version": __version__, "created": _now(),
-                "checkpoint": str(checkpoint), "checkpoint_sha256": sha,
-                "config": OmegaConf.to_container(cfg, resolve=True), "factory": factory,
-                "images_dir": str(root), "embedding": settings,
-                "clip": None if spec is None else {**spec, "dim": int(clip_emb.shape[1])},
-                "unreadable": [names[i] for i in np.flatnonzero(~ok)]}
-    manifest = write_index_dir(out, manifest, [names[i] for i in keep], emb[keep], index,
-                               None if clip_emb is None else clip_emb[keep])
-    log.info("indexed %d images of %s into %s (%s, dim %d)", keep.size, root, out, factory, emb.shape[1])
+    clip_kept = None if clip_emb is None else clip_emb[keep]
+    return FolderEmbeddings(root, [names[i] for i in keep], emb[keep], clip_kept,
+                            [names[i] for i in np.flatnonzero(~ok)], checkpoint, cfg, settings,
+                            None if spec is None else {**spec, "dim": int(clip_emb.shape[1])})
+
+
+def build_index_dir(checkpoint: str | Path, images_dir: str | Path, out_dir: str | Path,
+                    factory: str = "Flat", cfg: DictConfig | None = None, force: bool = False,
+                    clip_features: bool | None = None) -> dict[str, Any]:
+    """Embed every image under ``images_dir`` and write an index folder; returns its manifest.
+
+    ``cfg`` (default: the checkpoint's own config) gives the embedding settings (size, TTA,
+    batch) and FAISS search knobs. ``clip_features`` (default: on for OpenCLIP backbones) adds
+    ``clip_image_emb.npy`` for text search.
+    """
+    out = Path(out_dir)
+    _check_target(out, force)
+    def fits(model: torch.nn.Module) -> None:
+        check_factory(factory, model.embed_dim, key="--factory (infer.index)")
+
+    e = embed_folder_for_index(checkpoint, images_dir, cfg, clip_features, fits)
+    factory = resolve_factory(factory, len(e.ids))  # the manifest records what was built
+    index = build_index(e.emb, factory, ef_search=e.cfg.infer.ef_search, nprobe=e.cfg.infer.nprobe,
+                        seed=e.cfg.seed)
+    manifest = write_index_dir(out, {**e.manifest(), "factory": factory}, e.ids, e.emb, index, e.clip_emb)
+    log.info("indexed %d images of %s into %s (%s, dim %d)", len(e.ids), e.root, out, factory, e.emb.shape[1])
     return manifest
 
 
@@ -702,11 +739,6 @@ def collect_images(images: str | Path | Sequence[str | Path], images_dir: Path) 
 def check_same_checkpoint(manifest: dict[str, Any], checkpoint: Path, where: str | Path, action: str) -> str:
     """The checkpoint's sha256, after refusing one other than the manifest's (``action`` the index ``where``)."""
     return _check_same_checkpoint(manifest, checkpoint, where, action)
-
-
-def embedding_settings(cfg: DictConfig, model: torch.nn.Module) -> dict[str, Any]:
-    """What decides an embedding besides the weights (the manifest's ``embedding``)."""
-    return _embedding_settings(cfg, model)
 
 
 def embed_images(model: torch.nn.Module, files: Sequence[Path], settings: dict[str, Any],

@@ -37,25 +37,21 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from simsearch import __version__
-from simsearch.models.checkpoint import checkpoint_hash, load_model
+from simsearch.models.checkpoint import load_model
 from simsearch.retrieval.device import inference_device, place_model
-from simsearch.retrieval.embed import check_embedding_config
 from simsearch.retrieval.store import (
     Hit,
     LoadedIndex,
     QueryModels,
     check_same_checkpoint,
-    clip_spec,
     collect_images,
+    embed_folder_for_index,
     embed_images,
     embed_query_image,
     embed_text_query,
-    embedding_settings,
-    list_images,
     load_index_dir,
     require_text_search,
 )
@@ -201,43 +197,20 @@ def build_collection(checkpoint: str | Path, images_dir: str | Path, loc: DbLoca
     _, models = _qdrant()
     client = connect(loc.uri)
     _check_target(client, loc, force)
-    if cfg is not None:
-        check_embedding_config(cfg)
-    root = Path(images_dir).resolve()
-    names = list_images(root)
-    if not names:
-        raise ValueError(f"no images under {root}")
-    checkpoint = Path(checkpoint).resolve()
-    model, ckpt_cfg = load_model(checkpoint)
-    cfg = cfg if cfg is not None else ckpt_cfg
-    place_model(model, inference_device(bool(OmegaConf.select(cfg, "train.cpu", default=False))))
-    spec = clip_spec(cfg) if clip_features is not False else None
-    if clip_features and spec is None:
-        raise ValueError(f"CLIP image features need an open_clip backbone, not {cfg.model.backbone}")
-    settings = embedding_settings(cfg, model)
-    emb, clip_emb, ok = embed_images(model, [root / n for n in names], settings, spec, "index")
-    keep = np.flatnonzero(ok)
-    if keep.size == 0:
-        raise ValueError(f"no readable image under {root}")
-    emb, clip_emb = emb[keep], None if clip_emb is None else clip_emb[keep]
-    vectors = {EMB: models.VectorParams(size=int(emb.shape[1]), distance=models.Distance.COSINE)}
-    if clip_emb is not None:
-        vectors[CLIP] = models.VectorParams(size=int(clip_emb.shape[1]), distance=models.Distance.COSINE)
-    manifest = {"format_version": FORMAT_VERSION, "backend": loc.backend, "complete": False,
-                "simsearch_version": __version__, "created": _now(), "checkpoint": str(checkpoint),
-                "checkpoint_sha256": checkpoint_hash(checkpoint),
-                "config": OmegaConf.to_container(cfg, resolve=True), "images_dir": str(root),
-                "embedding": settings, "dim": int(emb.shape[1]), "count": int(keep.size),
-                "clip": None if spec is None else {**spec, "dim": int(clip_emb.shape[1])},
-                "unreadable": [names[i] for i in np.flatnonzero(~ok)]}
+    e = embed_folder_for_index(checkpoint, images_dir, cfg, clip_features)
+    vectors = {EMB: models.VectorParams(size=int(e.emb.shape[1]), distance=models.Distance.COSINE)}
+    if e.clip_emb is not None:
+        vectors[CLIP] = models.VectorParams(size=int(e.clip_emb.shape[1]), distance=models.Distance.COSINE)
+    manifest = {"format_version": FORMAT_VERSION, "backend": loc.backend, "complete": False, **e.manifest(),
+                "dim": int(e.emb.shape[1]), "count": len(e.ids)}
     if client.collection_exists(loc.collection):  # _check_target allowed it: force, and ours
         client.delete_collection(loc.collection)
     client.create_collection(loc.collection, vectors_config=vectors)
     _write_manifest(client, loc, manifest)  # complete: false until every row is in
-    _upsert(client, loc, [names[i] for i in keep], root, emb, clip_emb, "writing")
+    _upsert(client, loc, e.ids, e.root, e.emb, e.clip_emb, "writing")
     manifest["complete"] = True
     _write_manifest(client, loc, manifest)
-    log.info("indexed %d images of %s into %s (dim %d)", keep.size, root, loc, emb.shape[1])
+    log.info("indexed %d images of %s into %s (dim %d)", len(e.ids), e.root, loc, e.emb.shape[1])
     return manifest
 
 
