@@ -29,6 +29,17 @@ def test_stacked_neighbours_are_the_exact_lists_with_a_flat_index() -> None:
     assert (scale == 2.0).all()
 
 
+def test_neighbours_an_approximate_index_misses_stand_for_the_item_itself() -> None:
+    q, g = _data(10, 300)
+    index = build_index(g, "IVF16,Flat", nprobe=1)  # ~19 items per list: fewer than the 21 asked
+    neigh, _ = stacked_neighbours(q, g, index, 21)
+    own = np.arange(len(neigh))[:, None]
+    assert (neigh >= 0).all() and (neigh == own).sum(axis=1).max() > 1  # some rows padded with the item
+    for row, me in zip(neigh, own[:, 0]):
+        others = row[row != me]
+        assert len(set(others.tolist())) == len(others)  # what the index found: each item once
+
+
 def test_stacked_neighbours_refuse_an_index_of_another_gallery() -> None:
     q, g = _data(5, 50)
     with pytest.raises(ValueError, match="holds 49 vectors but the gallery has 50"):
@@ -77,11 +88,21 @@ def test_approximate_neighbour_lists_change_the_reranking() -> None:
     assert not np.array_equal(exact, approx)
 
 
-def test_too_few_candidates_from_the_index_name_the_keys() -> None:
-    # ~94 items per list, one list probed: no query gets 100 candidates
-    q, g = clustered_unit_vectors(10, 3000, 16, n_clusters=30, noise=1.0, seed=3)
-    with pytest.raises(ValueError, match=r"infer.rerank_candidates \(100\).*infer.nprobe \(1\)"):
-        retrieve(q, g, RetrievalOptions(index="IVF32,Flat", nprobe=1, top_k=20))
+@pytest.mark.parametrize("top_k", [20, 150])
+def test_an_index_that_finds_fewer_candidates_still_reranks(top_k: int) -> None:
+    # ~94 items per list, one list probed: most queries get fewer than the 100 candidates (and a list of
+    # fewer than 21 items gives short neighbour lists): what was found is re-ranked, rows end in -1
+    q, g = clustered_unit_vectors(30, 3000, 16, n_clusters=30, noise=1.0, seed=3)
+    opts = RetrievalOptions(index="IVF32,Flat", nprobe=1, top_k=top_k)
+    ids, scores = retrieve(q, g, opts)
+    plain, _ = retrieve(q, g, RetrievalOptions(index="IVF32,Flat", nprobe=1, top_k=max(top_k, 100), rerank=False))
+    assert ids.shape == (30, top_k) and (plain[:, :100] < 0).any()  # short candidate lists
+    for row, srow, found in zip(ids, scores, plain):
+        valid = row[row >= 0]
+        assert len(set(valid.tolist())) == len(valid) and valid.max() < len(g)
+        assert len(valid) >= min(top_k, (found >= 0).sum())  # what the search found, at least (overlaps may add)
+        assert (row[len(valid):] == -1).all() and np.isneginf(srow[len(valid):]).all()
+        assert np.all(np.diff(srow[: len(valid)]) <= 1e-6)
 
 
 def test_retrieve_with_a_prebuilt_index_equals_retrieve_without() -> None:

@@ -5,6 +5,7 @@ fast-reid, and each lives in its own module with its paper cited.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from simsearch.retrieval.query_expansion import (
 from simsearch.retrieval.rerank import NORMS, rerank_with_neighbours, stacked_neighbours
 
 __all__ = ["RetrievalOptions", "drop_self", "retrieve"]
+
+log = logging.getLogger("simsearch.retrieval")
 
 
 @dataclass(frozen=True)
@@ -151,11 +154,10 @@ def _retrieve(q: np.ndarray, g: np.ndarray, opts: RetrievalOptions, timings: dic
     if not opts.rerank:
         return ids, scores
 
-    if (ids[:, :c] < 0).any():
-        raise ValueError(f"infer.rerank_candidates ({c}): the index {opts.index!r} found fewer gallery items than "
-                         f"that for {int((ids[:, :c] < 0).any(axis=1).sum())} queries; raise infer.nprobe "
-                         f"({opts.nprobe}) or infer.ef_search ({opts.ef_search}), lower infer.rerank_candidates, "
-                         "or use Flat")
+    short = int((ids[:, :c] < 0).any(axis=1).sum())
+    if short:  # re-ranking ranks what was found; the rows end in -1 like the search's own
+        log.info("the index %s found fewer than infer.rerank_candidates (%d) items for %d queries "
+                 "(raise infer.nprobe or infer.ef_search for more)", opts.index, c, short)
     t = time.perf_counter()
     q32, g32 = as_float32_matrix(q, "q"), as_float32_matrix(g, "g")
     neigh, scale = stacked_neighbours(q32, g32, index, max(opts.k1 + 1, opts.k2), opts.rerank_norm)
@@ -173,12 +175,12 @@ def _splice(rr_ids: np.ndarray, rr_scores: np.ndarray, ids: np.ndarray, scores: 
     nq, c = rr_ids.shape
     if c >= k:
         return rr_ids[:, :k], rr_scores[:, :k].astype(np.float32)
-    out_ids = np.empty((nq, k), dtype=np.int64)
-    out_scores = np.empty((nq, k), dtype=np.float32)
+    out_ids = np.full((nq, k), -1, dtype=np.int64)  # a row the index could not fill ends in -1, -inf
+    out_scores = np.full((nq, k), -np.inf, dtype=np.float32)
     for i in range(nq):
         head = set(rr_ids[i].tolist())
         tail = [j for j in range(ids.shape[1]) if ids[i, j] not in head][: k - c]
-        out_ids[i, :c], out_ids[i, c:] = rr_ids[i], ids[i, tail]
+        out_ids[i, :c], out_ids[i, c : c + len(tail)] = rr_ids[i], ids[i, tail]
         out_scores[i, :c] = rr_scores[i]  # 1 - distance, in [0, 1]
-        out_scores[i, c:] = scores[i, tail] - 2.0  # cosine - 2, in [-3, -1]: stays below
+        out_scores[i, c : c + len(tail)] = scores[i, tail] - 2.0  # cosine - 2, in [-3, -1]: stays below
     return out_ids, out_scores

@@ -125,10 +125,11 @@ def stacked_neighbours(q: np.ndarray, g: np.ndarray, index, k: int, norm: str = 
     neigh = np.empty((len(x), k), dtype=np.int64)
     for s, rows in x.chunks():
         _, ids = search(index, rows, k)
-        if (ids < 0).any():
-            raise ValueError(f"index {type(index).__name__} returned fewer than {k} neighbours for re-ranking; "
-                             "use an exact index ('Flat') or larger efSearch/nprobe")
-        neigh[s : s + len(rows)] = np.where(ids >= ng, ids - ng, ids + len(q))  # [g; q] ids -> [q; g]
+        stacked = np.where(ids >= ng, ids - ng, ids + len(q))  # [g; q] ids -> [q; g]
+        # an approximate index (IVF with a small nprobe) can find fewer than k: the missing
+        # neighbours stand for the item itself, which adds nothing to its reciprocal sets
+        own = np.arange(s, s + len(rows))[:, None]
+        neigh[s : s + len(rows)] = np.where(ids < 0, own, stacked)
     return neigh, _half_scales(x, index, norm)
 
 
@@ -228,9 +229,10 @@ def _intersections(v: sp.csr_matrix, g_cols: sp.csc_matrix, rows: np.ndarray, ca
     entry = np.repeat(np.arange(len(counts)), counts)
     pos = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts - starts, counts)
     b, c = cand.shape
-    data = np.concatenate([np.minimum(vq.data[entry], g_cols.data[pos]), np.zeros(b * c)])
-    q_local = np.concatenate([vq.row[entry], np.repeat(np.arange(b), c)])
-    g_ids = np.concatenate([g_cols.indices[pos], cand.ravel()])
+    found = cand.ravel() >= 0  # -1: the index found fewer candidates
+    data = np.concatenate([np.minimum(vq.data[entry], g_cols.data[pos]), np.zeros(int(found.sum()))])
+    q_local = np.concatenate([vq.row[entry], np.repeat(np.arange(b), c)[found]])
+    g_ids = np.concatenate([g_cols.indices[pos], cand.ravel()[found]])
     out = sp.csr_matrix((data, (q_local, g_ids)), shape=(b, g_cols.shape[0]))
     out.sum_duplicates()
     return out
@@ -261,10 +263,11 @@ def _rerank_chunk(
     final = (1.0 - lambda_value) * jaccard + lambda_value * original
     # rows padded to a (b, L) matrix; rank by final distance, ties by original distance, then id
     within = np.arange(len(g_ids)) - np.repeat(inter.indptr[:-1], lengths)
-    pad = np.full((3, b, int(lengths.max())), np.inf)
+    pad = np.full((3, b, max(int(lengths.max(initial=0)), c)), np.inf)  # at least c wide: rows may be short
     pad[0][q_local, within], pad[1][q_local, within], pad[2][q_local, within] = final, original, g_ids
     order = np.lexsort((pad[2], pad[1], pad[0]), axis=-1)[:, :c]
-    return (np.take_along_axis(pad[2], order, 1).astype(np.int64),
+    ids = np.take_along_axis(pad[2], order, 1)
+    return (np.where(np.isinf(ids), -1, ids).astype(np.int64),
             np.take_along_axis(pad[0], order, 1).astype(np.float32))
 
 
@@ -314,12 +317,10 @@ def rerank_with_neighbours(
 
     ``q``, ``g``: L2-normalised float32; ``neigh``, ``scale``: from :func:`stacked_neighbours` with at
     least max(k1 + 1, k2) neighbours (fewer only when the union is smaller); ``candidates`` (Nq, C):
-    each query's cosine top-C gallery rows (the retrieval search). Returns as
-    :func:`k_reciprocal_rerank`; ``timings`` receives the seconds of the two steps.
+    each query's cosine top-C gallery rows (the retrieval search; -1 where an approximate index found
+    fewer). Returns as :func:`k_reciprocal_rerank`; a row that has fewer than C items to rank ends
+    in id -1 with distance inf, like FAISS's padding. ``timings`` receives the seconds of the two steps.
     """
-    if (candidates < 0).any():
-        raise ValueError("the retrieval search returned fewer candidates than asked; "
-                         "use an exact index ('Flat') or larger efSearch/nprobe")
     timings = {} if timings is None else timings
     x = _Stack(q, g)
     t = time.perf_counter()
