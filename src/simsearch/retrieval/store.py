@@ -68,7 +68,8 @@ __all__ = ["COMPACT_FRACTION", "Hit", "LoadedIndex", "QueryModels", "add_to_inde
            "list_images", "load_clip", "load_index_dir", "require_text_search", "search_index", "search_text",
            "search_vectors", "write_index_dir",
            # shared with the vector-database store (retrieval.vectordb)
-           "FolderEmbeddings", "check_same_checkpoint", "collect_images", "embed_folder_for_index", "embed_images",
+           "FolderEmbeddings", "NewImages", "check_same_checkpoint", "collect_images", "embed_folder_for_index",
+           "embed_new_images",
            "embed_query_image", "embed_text_query"]
 
 log = logging.getLogger("simsearch.index")
@@ -572,15 +573,32 @@ def _add_locked(loaded: LoadedIndex, images: str | Path | Sequence[str | Path],
     if not new:
         log.info("nothing to add: every image is already in %s", loaded.folder)
         return m
-    model, _ = load_model(ckpt)
-    place_model(model, inference_device())
-    emb, clip_emb, ok = _embed_all(model, [p for _, p in new], m["embedding"], m["clip"], "adding")
-    keep = np.flatnonzero(ok)
-    manifest = append_rows(loaded, [new[i][0] for i in keep], emb[keep],
-                           None if clip_emb is None else clip_emb[keep],
-                           unreadable=[new[i][0] for i in np.flatnonzero(~ok)])
-    log.info("added %d images to %s (now %d)", keep.size, loaded.folder, manifest["count"])
+    e = embed_new_images(m, ckpt, new)
+    manifest = append_rows(loaded, e.ids, e.emb, e.clip_emb, unreadable=e.unreadable)
+    log.info("added %d images to %s (now %d)", len(e.ids), loaded.folder, manifest["count"])
     return manifest
+
+
+@dataclass
+class NewImages:
+    """Images embedded for an add: the readable ones' ids and embeddings, the unreadable ids."""
+
+    ids: list[str]
+    emb: np.ndarray
+    clip_emb: np.ndarray | None
+    unreadable: list[str]
+
+
+def embed_new_images(manifest: dict[str, Any], checkpoint: Path, new: Sequence[tuple[str, Path]]) -> NewImages:
+    """Embed ``new`` (id, file) pairs as the index's own rows were (the manifest's ``embedding`` and
+    ``clip`` settings), with the checkpoint's model placed by the device rule: what adding to a FAISS
+    folder and to a collection share."""
+    model, _ = load_model(checkpoint)
+    place_model(model, inference_device())
+    emb, clip_emb, ok = _embed_all(model, [p for _, p in new], manifest["embedding"], manifest["clip"], "adding")
+    keep = np.flatnonzero(ok)
+    return NewImages([new[i][0] for i in keep], emb[keep], None if clip_emb is None else clip_emb[keep],
+                     [new[i][0] for i in np.flatnonzero(~ok)])
 
 
 def _read_part(folder: Path, name: str, read: Callable[[Path], Any]) -> Any:
@@ -739,12 +757,6 @@ def collect_images(images: str | Path | Sequence[str | Path], images_dir: Path) 
 def check_same_checkpoint(manifest: dict[str, Any], checkpoint: Path, where: str | Path, action: str) -> str:
     """The checkpoint's sha256, after refusing one other than the manifest's (``action`` the index ``where``)."""
     return _check_same_checkpoint(manifest, checkpoint, where, action)
-
-
-def embed_images(model: torch.nn.Module, files: Sequence[Path], settings: dict[str, Any],
-                 spec: dict[str, Any] | None, desc: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(embeddings, CLIP features or None, readable mask) for ``files``, as an index build makes them."""
-    return _embed_all(model, files, settings, spec, desc)
 
 
 def embed_query_image(query_image_path: str | Path, settings: dict[str, Any],

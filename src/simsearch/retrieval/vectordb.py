@@ -40,8 +40,6 @@ import numpy as np
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from simsearch.models.checkpoint import load_model
-from simsearch.retrieval.device import inference_device, place_model
 from simsearch.retrieval.store import (
     Hit,
     LoadedIndex,
@@ -49,7 +47,7 @@ from simsearch.retrieval.store import (
     check_same_checkpoint,
     collect_images,
     embed_folder_for_index,
-    embed_images,
+    embed_new_images,
     embed_query_image,
     embed_text_query,
     load_index_dir,
@@ -228,20 +226,14 @@ def add_to_collection(loc: DbLocation | VectorIndex, images: str | Path | list[s
     if not new:
         log.info("nothing to add: every image is already in %s", index.folder)
         return m
-    model, _ = load_model(ckpt)
-    place_model(model, inference_device())
-    emb, clip_emb, ok = embed_images(model, [p for _, p in new], m["embedding"], m["clip"], "adding")
-    keep = np.flatnonzero(ok)
-    ids = [new[i][0] for i in keep]
-    _upsert(index.client, index.loc, ids, index.images_dir, emb[keep],
-            None if clip_emb is None else clip_emb[keep], "writing")
-    added = set(ids)
+    e = embed_new_images(m, ckpt, new)
+    _upsert(index.client, index.loc, e.ids, index.images_dir, e.emb, e.clip_emb, "writing")
+    added = set(e.ids)
     manifest = {**m, "count": index.count, "updated": _now(),
-                "unreadable": sorted({u for u in m.get("unreadable", []) if u not in added}
-                                     | {new[i][0] for i in np.flatnonzero(~ok)})}
+                "unreadable": sorted({u for u in m.get("unreadable", []) if u not in added} | set(e.unreadable))}
     _write_manifest(index.client, index.loc, manifest)
     index.manifest = manifest
-    log.info("added %d images to %s (now %d)", keep.size, index.folder, manifest["count"])
+    log.info("added %d images to %s (now %d)", len(e.ids), index.folder, manifest["count"])
     return manifest
 
 
