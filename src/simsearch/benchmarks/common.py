@@ -145,6 +145,40 @@ def available_memory_bytes() -> int:
     return 1 << 62
 
 
+def run_in_fresh_process(target: Callable[..., None], args: tuple, env: dict[str, str] | None = None,
+                         what: str | None = None) -> Any:
+    """``target(*args, conn)`` in a fresh 'spawn' process; returns what it sends on ``conn``.
+
+    A fresh process, so that its VmHWM (:func:`peak_rss_bytes`) measures that run alone. ``env``:
+    variables the child starts with (a spawned child copies the environment when it starts; the
+    parent's is restored right after). A child that dies or sends nothing raises, naming ``what``.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(*args, child))
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        proc.start()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    child.close()
+    try:
+        result = parent.recv()
+    except EOFError:
+        result = None
+    proc.join()
+    if proc.exitcode != 0 or result is None:
+        raise RuntimeError(f"{what or target.__name__} failed with exit code {proc.exitcode}")
+    return result
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write results as deterministic JSON (NumPy scalars turned into Python numbers)."""
     import json

@@ -32,18 +32,24 @@ Targets of issue 14: 10,000 x 1,000,000 in at most 15 minutes and 12 GB on 2 cor
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from simsearch.benchmarks.common import GIB, check, header, machine_info, peak_rss_bytes, write_json
+from simsearch.benchmarks.common import (
+    GIB,
+    check,
+    header,
+    machine_info,
+    peak_rss_bytes,
+    run_in_fresh_process,
+    write_json,
+)
 from simsearch.retrieval.index import build_index, resolve_factory, search
 from simsearch.retrieval.pipeline import RetrievalOptions, retrieve
 from simsearch.utils.synthetic import clustered_unit_vectors
@@ -173,22 +179,6 @@ def _check_child(data: dict, opts: dict, conn) -> None:
     conn.close()
 
 
-def _spawn(target, args: tuple) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(*args, child))
-    proc.start()
-    child.close()
-    try:
-        result = parent.recv()
-    except EOFError:
-        result = None
-    proc.join()
-    if proc.exitcode != 0 or result is None:
-        raise RuntimeError(f"{target.__name__} failed with exit code {proc.exitcode}")
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     clusters = args.clusters or max(10, args.gallery // 100)
@@ -207,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         np.savez(work / "labels.npz", q=q_lab, g=g_lab)
         del q, g
         gen_s = time.perf_counter() - t
-        run = _spawn(_timed_child, (str(work), asdict(opts), args.sample, args.seed))
+        run = run_in_fresh_process(_timed_child, (str(work), asdict(opts), args.sample, args.seed))
     finally:
         if owned:
             shutil.rmtree(work, ignore_errors=True)
@@ -215,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_gallery > 0:
         data = {"nq": args.check_queries, "ng": args.check_gallery, "dim": args.dim,
                 "n_clusters": max(10, args.check_gallery // 100), "noise": args.noise, "seed": args.seed}
-        check_run = _spawn(_check_child, (data, asdict(replace(opts)),))
+        check_run = run_in_fresh_process(_check_child, (data, asdict(opts)))
 
     notes = [f"{args.queries:,} queries x {args.gallery:,} gallery, dim {args.dim}, {clusters:,} centres, "
              f"noise {args.noise}; data generated and saved in {gen_s:.0f} s (not timed)",

@@ -27,8 +27,6 @@ config's other ``infer`` settings (k1, k2, lambda, candidates) kept: which norma
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -44,6 +42,7 @@ from simsearch.benchmarks.common import (
     header,
     machine_info,
     peak_rss_bytes,
+    run_in_fresh_process,
     summarize,
     write_json,
 )
@@ -103,30 +102,9 @@ def _child(method: str, data_args: dict, params: dict, conn) -> None:
 
 def measure(method: str, data_args: dict, params: dict, repeats: int) -> dict:
     """Run ``method`` ``repeats`` times, each in its own spawned process."""
-    ctx = mp.get_context("spawn")
-    runs = []
-    for _ in range(repeats):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_child, args=(method, data_args, params, child))
-        saved = {k: os.environ.get(k) for k in DENSE_ENV}
-        if method == "dense":
-            os.environ.update(DENSE_ENV)  # a spawned child copies the environment at start
-        try:
-            proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        child.close()
-        try:
-            runs.append(parent.recv())
-        except EOFError:
-            runs.append(None)
-        proc.join()
-        if proc.exitcode != 0 or runs[-1] is None:
-            raise RuntimeError(f"{method} run failed with exit code {proc.exitcode}")
+    env = DENSE_ENV if method == "dense" else None
+    runs = [run_in_fresh_process(_child, (method, data_args, params), env, what=f"{method} run")
+            for _ in range(repeats)]
     t = summarize([r["time_s"] for r in runs])
     return {
         "method": method, "nq": data_args["nq"], "ng": data_args["ng"],
