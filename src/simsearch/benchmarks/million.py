@@ -87,6 +87,12 @@ def options(index: str, nprobe: int) -> RetrievalOptions:
     return RetrievalOptions(index=index, nprobe=nprobe, qe="alpha", rerank=True, top_k=100)
 
 
+def _stacked_rows(q: np.ndarray, g: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Rows of [q; g] (queries first) for stacked ids ``items``, without concatenating the two."""
+    nq = len(q)
+    return np.where((items < nq)[:, None], q[np.minimum(items, nq - 1)], g[np.maximum(items - nq, 0)])
+
+
 def neighbour_agreement(q: np.ndarray, g: np.ndarray, items: np.ndarray, found: np.ndarray) -> float:
     """Mean share of each sampled item's exact k nearest of [q; g] that ``found`` holds.
 
@@ -94,11 +100,10 @@ def neighbour_agreement(q: np.ndarray, g: np.ndarray, items: np.ndarray, found: 
     ids. A found id counts when its exact similarity reaches the exact k-th (ties are not misses).
     """
     k = found.shape[1]
-    nq = len(q)
     hits = 0
     for s in range(0, len(items), _EXACT_CHUNK):
         part = items[s : s + _EXACT_CHUNK]
-        rows = np.where((part < nq)[:, None], q[np.minimum(part, nq - 1)], g[np.maximum(part - nq, 0)])
+        rows = _stacked_rows(q, g, part)
         sims = np.concatenate([rows @ q.T, rows @ g.T], axis=1)
         kth = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
         got = np.take_along_axis(sims, found[s : s + _EXACT_CHUNK], axis=1)
@@ -146,7 +151,7 @@ def _timed_child(workdir: str, opts: dict, sample: int, seed: int, conn) -> None
     rng = np.random.default_rng(seed + 1)
     items = np.sort(rng.choice(len(q) + len(g), size=min(sample, len(q) + len(g)), replace=False))
     k = min(max(o.k1 + 1, o.k2), len(q) + len(g))
-    rows = np.where((items < len(q))[:, None], q[np.minimum(items, len(q) - 1)], g[np.maximum(items - len(q), 0)])
+    rows = _stacked_rows(q, g, items)
     _, found = search(index, rows, k)
     found = np.where(found >= len(g), found - len(g), found + len(q))  # [g; q] ids -> stacked [q; g]
     agreement = neighbour_agreement(q, g, items, found)
